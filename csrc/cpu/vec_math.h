@@ -1,0 +1,53 @@
+// Small math kernels for the CPU operators, written so that GCC/Clang auto-vectorise them.
+//
+// Hot float loops are compiled once per instruction set (AVX-512, AVX2+FMA, baseline) and
+// picked at load time (`MMATTN_CPU_CLONES`); float64 keeps libm's exp so float64 results
+// match a float64 reference to rounding.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define MMATTN_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define MMATTN_CPU_CLONES
+#endif
+#define MMATTN_INLINE inline __attribute__((always_inline))
+// A loop whose accumulators may be split across SIMD lanes (needs -fopenmp-simd).
+#define MMATTN_PRAGMA(x) _Pragma(#x)
+#define MMATTN_SIMD_REDUCE(...) MMATTN_PRAGMA(omp simd reduction(__VA_ARGS__))
+
+namespace mmattn::cpu {
+
+// exp(x) in float, branch-free (Cephes polynomial, ~1 ulp on the clamped range).
+MMATTN_INLINE float exp_approx(float x) {
+  x = std::min(std::max(x, -87.3f), 88.7f);
+  const float t = x * 1.44269504088896341f;
+  const int32_t ni = static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f));  // round(x / ln 2)
+  const float n = static_cast<float>(ni);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (ni + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return p * two_n;
+}
+
+MMATTN_INLINE float exp_(float x) { return exp_approx(x); }
+MMATTN_INLINE double exp_(double x) { return std::exp(x); }
+
+// silu(z) = z * sigmoid(z) and its derivative sigmoid(z) * (1 + z * (1 - sigmoid(z))).
+template <typename T>
+MMATTN_INLINE T sigmoid_(T z) { return T(1) / (T(1) + exp_(-z)); }
+
+}  // namespace mmattn::cpu

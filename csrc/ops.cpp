@@ -1,0 +1,64 @@
+// Schemas and registrations of the mmattn operators; the Python module `mmattn._C`.
+//
+// Autograd and fake (meta) kernels are registered from Python (mmattn/functional.py).
+#include <Python.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "ops.h"
+#include "rs_index.h"
+
+namespace mmattn {
+
+TORCH_LIBRARY(mmattn, m) {
+  m.def("segment_attention_fwd(Tensor q, Tensor k, Tensor v, int segments, int window, "
+        "int shift, float scale) -> (Tensor, Tensor)");
+  m.def("segment_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+        "Tensor lse, int segments, int window, int shift, float scale) -> (Tensor, Tensor, Tensor)");
+  m.def("group_norm_act_fwd(Tensor x, int num_groups, Tensor? weight, Tensor? bias, "
+        "Tensor? scale, Tensor? shift, bool silu, float eps, int channel_dim) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("group_norm_act_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, int num_groups, "
+        "Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, bool silu, int channel_dim) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
+  m.impl("segment_attention_fwd", &segment_attention_fwd_cpu);
+  m.impl("segment_attention_bwd", &segment_attention_bwd_cpu);
+  m.impl("group_norm_act_fwd", &group_norm_act_fwd_cpu);
+  m.impl("group_norm_act_bwd", &group_norm_act_bwd_cpu);
+}
+
+#ifdef MMATTN_WITH_CUDA
+TORCH_LIBRARY_IMPL(mmattn, CUDA, m) {
+  m.impl("segment_attention_fwd", &segment_attention_fwd_cuda);
+  m.impl("segment_attention_bwd", &segment_attention_bwd_cuda);
+  m.impl("group_norm_act_fwd", &group_norm_act_fwd_cuda);
+  m.impl("group_norm_act_bwd", &group_norm_act_bwd_cuda);
+}
+#endif
+
+}  // namespace mmattn
+
+// The index helpers shared with the CUDA kernels, exposed for CPU unit tests.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mmattn compiled operators (registered as torch.ops.mmattn.*)";
+#ifdef MMATTN_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.def("segment_begin", &mmattn::segment_begin, "floor(j * n / segments)");
+  m.def("segment_of", &mmattn::segment_of, "segment of token t");
+  m.def("window_key_ranges", [](int64_t i, int64_t n_key, int64_t segments, int64_t window,
+                                int64_t shift) {
+    auto r = mmattn::window_key_ranges(i, n_key, segments, window,
+                                       mmattn::wrap_shift(shift, segments));
+    std::vector<std::pair<int64_t, int64_t>> out;
+    for (int c = 0; c < r.count; ++c) out.emplace_back(r.begin[c], r.len[c]);
+    return out;
+  }, "[(begin, length), ...]: the at most two key ranges of query segment i's window");
+  m.def("query_segment_seeing", &mmattn::query_segment_seeing,
+        "k-th query segment whose window holds key segment j");
+}

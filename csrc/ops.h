@@ -1,0 +1,54 @@
+// Operator entry points of mmattn._C, one per (operator, device). Schemas: ops.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <tuple>
+
+namespace mmattn {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// Segment attention: the n_q query tokens and n_k key tokens are each cut into `segments`
+// balanced segments; query segment i attends to key segments (i + shift + k) mod segments,
+// k < window. q: [B, H, n_q, D], k/v: [B, H, n_k, D]. Returns (out [B, H, n_q, D],
+// lse [B, H, n_q] in float32, float64 for float64 inputs). rs_attention is two such calls.
+std::tuple<Tensor, Tensor> segment_attention_fwd_cpu(
+    const Tensor& q, const Tensor& k, const Tensor& v, int64_t segments, int64_t window,
+    int64_t shift, double scale);
+std::tuple<Tensor, Tensor, Tensor> segment_attention_bwd_cpu(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& out, const Tensor& lse, int64_t segments, int64_t window, int64_t shift,
+    double scale);
+
+// GroupNorm + affine + FiLM + SiLU over x = [B, C, *S] (channel_dim 1) or [B, F, C, *S]
+// (channel_dim 2). Returns (y, mean [B, G], rstd [B, G]).
+std::tuple<Tensor, Tensor, Tensor> group_norm_act_fwd_cpu(
+    const Tensor& x, int64_t num_groups, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& scale, const OptTensor& shift, bool silu, double eps, int64_t channel_dim);
+// Returns (grad_x, grad_weight [C], grad_bias [C], grad_scale [B, C], grad_shift [B, C]).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_bwd_cpu(
+    const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
+    const OptTensor& shift, bool silu, int64_t channel_dim);
+
+#ifdef MMATTN_WITH_CUDA
+std::tuple<Tensor, Tensor> segment_attention_fwd_cuda(
+    const Tensor& q, const Tensor& k, const Tensor& v, int64_t segments, int64_t window,
+    int64_t shift, double scale);
+std::tuple<Tensor, Tensor, Tensor> segment_attention_bwd_cuda(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& out, const Tensor& lse, int64_t segments, int64_t window, int64_t shift,
+    double scale);
+std::tuple<Tensor, Tensor, Tensor> group_norm_act_fwd_cuda(
+    const Tensor& x, int64_t num_groups, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& scale, const OptTensor& shift, bool silu, double eps, int64_t channel_dim);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_bwd_cuda(
+    const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
+    const OptTensor& shift, bool silu, int64_t channel_dim);
+#endif
+
+}  // namespace mmattn

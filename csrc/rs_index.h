@@ -1,0 +1,75 @@
+// Index maths of random-shift multi-modal attention, shared by the CPU and CUDA kernels.
+//
+// A sequence of N tokens is cut into S balanced segments with boundaries
+// a_j = floor(j * N / S). Query segment i attends to the key segments
+// W(i) = {(i + shift + k) mod S : k = 0 .. window-1}; since the window is a run of
+// consecutive segments modulo S, its tokens form at most two contiguous key ranges.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define MMATTN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define MMATTN_HOST_DEVICE inline
+#endif
+
+namespace mmattn {
+
+// Boundary a_j = floor(j * n / segments), for 0 <= j <= segments.
+MMATTN_HOST_DEVICE int64_t segment_begin(int64_t j, int64_t n, int64_t segments) {
+  return j * n / segments;
+}
+
+// Segment containing token t (0 <= t < n): the largest j with floor(j n / S) <= t,
+// i.e. j n < (t + 1) S, so j = floor(((t + 1) S - 1) / n).
+MMATTN_HOST_DEVICE int64_t segment_of(int64_t t, int64_t n, int64_t segments) {
+  return ((t + 1) * segments - 1) / n;
+}
+
+// Shift reduced into [0, segments).
+MMATTN_HOST_DEVICE int64_t wrap_shift(int64_t shift, int64_t segments) {
+  int64_t s = shift % segments;
+  return s < 0 ? s + segments : s;
+}
+
+// Up to two contiguous token ranges [begin[r], begin[r] + len[r]) covering a window.
+struct KeyRanges {
+  int64_t begin[2];
+  int64_t len[2];
+  int count;
+  MMATTN_HOST_DEVICE int64_t total() const { return len[0] + (count > 1 ? len[1] : 0); }
+};
+
+// Key token ranges of the window of query segment i over n_key tokens in `segments` segments.
+// `shift` must already be wrapped into [0, segments); 1 <= window <= segments.
+MMATTN_HOST_DEVICE KeyRanges window_key_ranges(int64_t i, int64_t n_key, int64_t segments,
+                                               int64_t window, int64_t shift) {
+  KeyRanges r;
+  int64_t first = (i + shift) % segments;  // first segment of the window
+  int64_t last = first + window;           // one past the last, unwrapped
+  if (last <= segments) {
+    r.begin[0] = segment_begin(first, n_key, segments);
+    r.len[0] = segment_begin(last, n_key, segments) - r.begin[0];
+    r.begin[1] = 0;
+    r.len[1] = 0;
+    r.count = 1;
+  } else {
+    r.begin[0] = segment_begin(first, n_key, segments);
+    r.len[0] = n_key - r.begin[0];
+    r.begin[1] = 0;
+    r.len[1] = segment_begin(last - segments, n_key, segments);
+    r.count = 2;
+  }
+  return r;
+}
+
+// The k-th query segment (k = 0 .. window-1) whose window contains key segment j:
+// i = (j - shift - k) mod segments. Used by key-centric backward passes.
+MMATTN_HOST_DEVICE int64_t query_segment_seeing(int64_t j, int64_t k, int64_t segments,
+                                                int64_t shift) {
+  int64_t i = (j - shift - k) % segments;
+  return i < 0 ? i + segments : i;
+}
+
+}  // namespace mmattn

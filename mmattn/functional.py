@@ -1,0 +1,212 @@
+"""Functional RS-MMA and fused GroupNorm(+FiLM+SiLU): validation, autograd and fake kernels
+around the compiled operators `torch.ops.mmattn.*` (DESIGN.md §1-§2)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from mmattn import _C  # noqa: F401  (registers torch.ops.mmattn)
+
+__all__ = ["rs_attention", "group_norm_act"]
+
+_ops = torch.ops.mmattn
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_ACTS = ("silu", None)
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment attention: one direction of RS-MMA
+# ---------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("mmattn::segment_attention_fwd")
+def _segment_attention_fwd_fake(q, k, v, segments, window, shift, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_stats_dtype(q.dtype))
+
+
+@torch.library.register_fake("mmattn::segment_attention_bwd")
+def _segment_attention_bwd_fake(grad_out, q, k, v, out, lse, segments, window, shift, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _segment_attention_setup(ctx, inputs, output):
+    q, k, v, segments, window, shift, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.args = (segments, window, shift, scale)
+
+
+def _segment_attention_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _ops.segment_attention_bwd(grad_out, q, k, v, out, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None
+
+
+torch.library.register_autograd("mmattn::segment_attention_fwd", _segment_attention_backward,
+                                setup_context=_segment_attention_setup)
+
+
+def _check_tensor(name: str, t, rank: int, layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+
+
+def _check_same(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    """All tensors on one device and of one supported floating dtype."""
+    first, ref = names[0], tensors[0]
+    if ref.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{first} must be float32, float64, bfloat16 or float16, got {ref.dtype}")
+    for name, t in zip(names[1:], tensors[1:]):
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {first} is on {ref.device}; "
+                             "all inputs must be on one device")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first} has {ref.dtype}; "
+                            "all inputs must share one dtype")
+
+
+def rs_attention(q_video: torch.Tensor, k_video: torch.Tensor, v_video: torch.Tensor,
+                 q_audio: torch.Tensor, k_audio: torch.Tensor, v_audio: torch.Tensor, *,
+                 frames: int, window: int, shift: int, scale: float | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random-shift multi-modal attention (DESIGN.md §1).
+
+    Video tokens `[B, H, F*P, D]` (token n in frame n // P) attend to the audio tokens of the
+    segments `(i + shift + k) mod F, k < window` of their frame i; audio tokens `[B, H, L, D]`
+    (segment j = [floor(jL/F), floor((j+1)L/F))) attend to all tokens of the video frames of
+    the same window of j. Returns `(out_video [B, H, F*P, D], out_audio [B, H, L, D])`.
+    """
+    names = ("q_video", "k_video", "v_video", "q_audio", "k_audio", "v_audio")
+    tensors = (q_video, k_video, v_video, q_audio, k_audio, v_audio)
+    for name, t in zip(names[:3], tensors[:3]):
+        _check_tensor(name, t, 4, "[B, H, F*P, D]")
+    for name, t in zip(names[3:], tensors[3:]):
+        _check_tensor(name, t, 4, "[B, H, L, D]")
+    _check_same(names, tensors)
+    for name, t in zip(names[1:3], tensors[1:3]):
+        if t.shape != q_video.shape:
+            raise ValueError(f"{name} must have the shape of q_video {tuple(q_video.shape)}, "
+                             f"got {tuple(t.shape)}")
+    for name, t in zip(names[4:], tensors[4:]):
+        if t.shape != q_audio.shape:
+            raise ValueError(f"{name} must have the shape of q_audio {tuple(q_audio.shape)}, "
+                             f"got {tuple(t.shape)}")
+    b, h, n, d = q_video.shape
+    if (q_audio.shape[0], q_audio.shape[1], q_audio.shape[3]) != (b, h, d):
+        raise ValueError(f"q_audio must share B, H, D = {b}, {h}, {d} with q_video, "
+                         f"got shape {tuple(q_audio.shape)}")
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames must be a positive int, got {frames!r}")
+    if n % frames != 0 or n == 0:
+        raise ValueError(f"q_video has {n} tokens, not a positive multiple of frames={frames} "
+                         "(expected [B, H, F*P, D])")
+    if q_audio.shape[2] < frames:
+        raise ValueError(f"q_audio has L={q_audio.shape[2]} tokens, fewer than frames={frames} "
+                         "(need L >= F)")
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= frames:
+        raise ValueError(f"window must be an int in [1, frames={frames}], got {window!r}")
+    if isinstance(shift, bool) or not isinstance(shift, int):
+        raise ValueError(f"shift must be an int, got {shift!r}")
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    out_video, _ = _ops.segment_attention_fwd(q_video, k_audio, v_audio, frames, window, shift, scale)
+    out_audio, _ = _ops.segment_attention_fwd(q_audio, k_video, v_video, frames, window, shift, scale)
+    return out_video, out_audio
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupNorm + affine + FiLM + SiLU
+# ---------------------------------------------------------------------------------------------
+
+def _grad_dtype(t: torch.Tensor | None, x: torch.Tensor) -> torch.dtype:
+    return x.dtype if t is None else t.dtype
+
+
+@torch.library.register_fake("mmattn::group_norm_act_fwd")
+def _group_norm_act_fwd_fake(x, num_groups, weight, bias, scale, shift, silu, eps, channel_dim):
+    stats = x.new_empty((x.shape[0], num_groups), dtype=_stats_dtype(x.dtype))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("mmattn::group_norm_act_bwd")
+def _group_norm_act_bwd_fake(grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift,
+                             silu, channel_dim):
+    b, c = x.shape[0], x.shape[channel_dim]
+    return (torch.empty_like(x), x.new_empty(c, dtype=_grad_dtype(weight, x)),
+            x.new_empty(c, dtype=_grad_dtype(bias, x)),
+            x.new_empty((b, c), dtype=_grad_dtype(scale, x)),
+            x.new_empty((b, c), dtype=_grad_dtype(shift, x)))
+
+
+def _group_norm_act_setup(ctx, inputs, output):
+    x, num_groups, weight, bias, scale, shift, silu, eps, channel_dim = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
+    ctx.args = (num_groups, silu, channel_dim)
+
+
+def _group_norm_act_backward(ctx, grad_y, _grad_mean, _grad_rstd):
+    x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
+    num_groups, silu, channel_dim = ctx.args
+    dx, dw, db, dscale, dshift = _ops.group_norm_act_bwd(
+        grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, silu, channel_dim)
+    keep = lambda t, g: None if t is None else g  # noqa: E731
+    return (dx, None, keep(weight, dw), keep(bias, db), keep(scale, dscale), keep(shift, dshift),
+            None, None, None)
+
+
+torch.library.register_autograd("mmattn::group_norm_act_fwd", _group_norm_act_backward,
+                                setup_context=_group_norm_act_setup)
+
+
+def _check_param(name: str, t, shape: tuple[int, ...], layout: str, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout} or None, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {layout} = {shape}, got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if t.dtype != x.dtype and not (t.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)):
+        raise TypeError(f"{name} has dtype {t.dtype}; expected x's dtype {x.dtype} "
+                        "(or float32 for bfloat16/float16 x)")
+
+
+def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, *, scale: torch.Tensor | None = None,
+                   shift: torch.Tensor | None = None, act: str | None = "silu", eps: float = 1e-5,
+                   channel_dim: int = 1) -> torch.Tensor:
+    """Fused GroupNorm -> affine -> FiLM -> activation (DESIGN.md §2).
+
+    `x` is `[B, C, *S]` (channel_dim=1) or `[B, F, C, *S]` (channel_dim=2; statistics per
+    (sample, group) over F and S). `weight`, `bias`: `[C]`; `scale`, `shift`: `[B, C]`;
+    y = act((norm(x) * weight + bias) * (1 + scale) + shift). Output: x's shape, dtype, strides.
+    """
+    if channel_dim not in (1, 2):
+        raise ValueError(f"channel_dim must be 1 ([B, C, *S]) or 2 ([B, F, C, *S]), got {channel_dim!r}")
+    layout = "[B, C, *S]" if channel_dim == 1 else "[B, F, C, *S]"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() < channel_dim + 1:
+        raise ValueError(f"x must be {layout} with at least {channel_dim + 1} dims, got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    c = x.shape[channel_dim]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:
+        raise ValueError(f"num_groups must be a positive int dividing C={c}, got {num_groups!r}")
+    if act not in _ACTS:
+        raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
+    _check_param("weight", weight, (c,), "[C]", x)
+    _check_param("bias", bias, (c,), "[C]", x)
+    _check_param("scale", scale, (x.shape[0], c), "[B, C]", x)
+    _check_param("shift", shift, (x.shape[0], c), "[B, C]", x)
+    y, _, _ = _ops.group_norm_act_fwd(x, num_groups, weight, bias, scale, shift, act == "silu",
+                                      float(eps), channel_dim)
+    return y

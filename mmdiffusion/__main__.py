@@ -1,0 +1,29 @@
+"""Command line: `python -m mmdiffusion <command> --help`.
+
+Each command lives in `mmdiffusion/commands/<name>.py` and exposes
+`add_arguments(parser)` and `main(args) -> int | None`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, str] = {
+    # name: one-line help. Module: mmdiffusion.commands.<name with '-' -> '_'>.
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmdiffusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module("mmdiffusion.commands." + name.replace("-", "_"))
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    module = importlib.import_module("mmdiffusion.commands." + args.command.replace("-", "_"))
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
