@@ -17,8 +17,23 @@
 #include "rs_index.h"
 #include "vec_math.h"
 
+// MKL's thread-local thread count, where torch is built with MKL (a weak reference: null
+// elsewhere). Each task already runs on its own thread, so its products must run serially;
+// nested BLAS threads oversubscribe the cores and stall badly on a loaded machine.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));  // the C API (by value)
+
 namespace mmattn {
 namespace {
+
+struct SerialBlasGuard {
+  int previous = 0;
+  SerialBlasGuard() {
+    if (MKL_Set_Num_Threads_Local) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SerialBlasGuard() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
+  }
+};
 
 constexpr int64_t kQueryChunk = 128;
 
@@ -171,7 +186,8 @@ void forward_kernel(const Problem& p, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
   const int64_t d = p.d;
   at::parallel_for(0, p.batch * p.heads * p.segments, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> kw, vw, qc, s, oc, lc;
+    SerialBlasGuard serial;
+    std::vector<acc_t> kw, vw, qc, s, oc;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i = task % p.segments, bh = task / p.segments;
       const int64_t b = bh / p.heads, h = bh % p.heads;
@@ -211,6 +227,7 @@ void backward_kernel(const Problem& p, const at::Tensor& dout, const at::Tensor&
                      const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   const int64_t d = p.d;
   at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+    SerialBlasGuard serial;
     std::vector<acc_t> kw, vw, qc, doc, oc, s, dp, dqc, delta, dk_acc, dv_acc;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / p.heads, h = bh % p.heads;

@@ -1,0 +1,104 @@
+"""Timing and memory helpers shared by the benchmarks."""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(fns: dict[str, Callable[[], object]], device: torch.device, repeat: int,
+                     warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, interleaved so that machine noise hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def cuda_peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak memory allocated by one call beyond what was allocated before it."""
+    sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> int:
+    """Growth of the resident set's high-water mark over the current resident set during `fn()`.
+
+    Linux: the high-water mark is reset first (/proc/self/clear_refs); elsewhere it falls back
+    to the lifetime peak (getrusage), which can hide allocations below an earlier peak.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _proc_status_bytes("VmRSS")
+        fn()
+        return max(0, _proc_status_bytes("VmHWM") - base)
+    except OSError:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        fn()
+        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+
+
+def cpu_peak_extra_bytes(module: str, *probe_args: str) -> int:
+    """Peak resident memory of one call, measured in a fresh process (`module --probe ...`)."""
+    out = subprocess.run([sys.executable, "-m", module, "--probe", *probe_args],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Markdown table; columns are (key, header, format spec)."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(("" if r.get(k) is None else format(r[k], f)) for k, _, f in columns) + " |"
+            for r in rows]
+    return "\n".join([head, rule, *body])
