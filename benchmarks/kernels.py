@@ -60,9 +60,9 @@ class NormCase:
 
 
 NORM_CASES = [
-    NormCase("audio [B,128,25600]", (128, 25600), 1),
-    NormCase("video [B,16,128,64,64]", (16, 128, 64, 64), 2),
-    NormCase("video [B,16,256,32,32]", (16, 256, 32, 32), 2),
+    NormCase("audio-128x25600", (128, 25600), 1),          # [B, C, L]
+    NormCase("video-16x128x64x64", (16, 128, 64, 64), 2),  # [B, F, C, H, W]
+    NormCase("video-16x256x32x32", (16, 256, 32, 32), 2),
 ]
 
 

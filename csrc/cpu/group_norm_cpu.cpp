@@ -105,18 +105,22 @@ MMATTN_CPU_CLONES float row_sq_dev(const float* x, int64_t n, float m) { return 
 double row_sum(const double* x, int64_t n) { return row_sum_impl(x, n); }
 double row_sq_dev(const double* x, int64_t n, double m) { return row_sq_dev_impl(x, n, m); }
 
-// y[j] = act(x[j] * a[j * ca] + b[j * ca]): ca = 0 (one channel per row) or 1.
+// y[j] = act(x[j] * a[j * ca] + b[j * ca]): ca = 0 (one channel per row) or 1. The two
+// cases are separate loops: a runtime stride would keep the compiler from vectorising.
+template <typename T, bool kSilu>
+MMATTN_INLINE void apply_loop(const T* x, T* y, int64_t n, const T* a, const T* b, int64_t ca) {
+  auto act = [](T z) { return kSilu ? z * cpu::sigmoid_(z) : z; };
+  if (ca == 0) {
+    const T a0 = a[0], b0 = b[0];
+    for (int64_t j = 0; j < n; ++j) y[j] = act(x[j] * a0 + b0);
+  } else {
+    for (int64_t j = 0; j < n; ++j) y[j] = act(x[j] * a[j] + b[j]);
+  }
+}
 template <typename T>
 MMATTN_INLINE void apply_row_impl(const T* x, T* y, int64_t n, const T* a, const T* b,
                                   int64_t ca, bool silu) {
-  if (silu) {
-    for (int64_t j = 0; j < n; ++j) {
-      const T z = x[j] * a[j * ca] + b[j * ca];
-      y[j] = z * cpu::sigmoid_(z);
-    }
-  } else {
-    for (int64_t j = 0; j < n; ++j) y[j] = x[j] * a[j * ca] + b[j * ca];
-  }
+  silu ? apply_loop<T, true>(x, y, n, a, b, ca) : apply_loop<T, false>(x, y, n, a, b, ca);
 }
 MMATTN_CPU_CLONES void apply_row(const float* x, float* y, int64_t n, const float* a,
                                  const float* b, int64_t ca, bool silu) {
@@ -129,16 +133,22 @@ void apply_row(const double* x, double* y, int64_t n, const double* a, const dou
 
 // Backward pass 1 over a row: dz = dy * act'(z) into `dz`; s1[c] += dz, s2[c] += dz * xhat
 // with xhat = (x - mean) * rstd; per-element channel when ca = 1.
-template <typename T>
-MMATTN_INLINE void grad_row_impl(const T* x, const T* dy, T* dz, int64_t n, const T* a,
-                                 const T* b, int64_t ca, bool silu, T mean, T rstd, T* s1, T* s2) {
+template <typename T, bool kSilu>
+MMATTN_INLINE T act_grad(T x, T dy, T a, T b) {
+  if (!kSilu) return dy;
+  const T z = x * a + b;
+  const T sg = cpu::sigmoid_(z);
+  return dy * sg * (T(1) + z * (T(1) - sg));
+}
+template <typename T, bool kSilu>
+MMATTN_INLINE void grad_loop(const T* x, const T* dy, T* dz, int64_t n, const T* a, const T* b,
+                             int64_t ca, T mean, T rstd, T* s1, T* s2) {
   if (ca == 0) {
+    const T a0 = a[0], b0 = b[0];
     T acc1 = 0, acc2 = 0;
     MMATTN_SIMD_REDUCE(+ : acc1, acc2)
     for (int64_t j = 0; j < n; ++j) {
-      const T z = x[j] * a[0] + b[0];
-      const T sg = cpu::sigmoid_(z);
-      const T g = silu ? dy[j] * sg * (T(1) + z * (T(1) - sg)) : dy[j];
+      const T g = act_grad<T, kSilu>(x[j], dy[j], a0, b0);
       dz[j] = g;
       acc1 += g;
       acc2 += g * (x[j] - mean);
@@ -147,14 +157,18 @@ MMATTN_INLINE void grad_row_impl(const T* x, const T* dy, T* dz, int64_t n, cons
     s2[0] += acc2 * rstd;
   } else {
     for (int64_t j = 0; j < n; ++j) {
-      const T z = x[j] * a[j] + b[j];
-      const T sg = cpu::sigmoid_(z);
-      const T g = silu ? dy[j] * sg * (T(1) + z * (T(1) - sg)) : dy[j];
+      const T g = act_grad<T, kSilu>(x[j], dy[j], a[j], b[j]);
       dz[j] = g;
       s1[j] += g;
       s2[j] += g * (x[j] - mean) * rstd;
     }
   }
+}
+template <typename T>
+MMATTN_INLINE void grad_row_impl(const T* x, const T* dy, T* dz, int64_t n, const T* a,
+                                 const T* b, int64_t ca, bool silu, T mean, T rstd, T* s1, T* s2) {
+  silu ? grad_loop<T, true>(x, dy, dz, n, a, b, ca, mean, rstd, s1, s2)
+       : grad_loop<T, false>(x, dy, dz, n, a, b, ca, mean, rstd, s1, s2);
 }
 MMATTN_CPU_CLONES void grad_row(const float* x, const float* dy, float* dz, int64_t n,
                                 const float* a, const float* b, int64_t ca, bool silu,
@@ -171,8 +185,12 @@ void grad_row(const double* x, const double* dy, double* dz, int64_t n, const do
 template <typename T>
 MMATTN_INLINE void dx_row_impl(const T* x, const T* dz, T* dx, int64_t n, const T* g, int64_t ca,
                                T mean, T rstd, T m1, T m2) {
-  for (int64_t j = 0; j < n; ++j)
-    dx[j] = rstd * (dz[j] * g[j * ca] - m1 - (x[j] - mean) * rstd * m2);
+  if (ca == 0) {
+    const T g0 = g[0];
+    for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] * g0 - m1 - (x[j] - mean) * rstd * m2);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] * g[j] - m1 - (x[j] - mean) * rstd * m2);
+  }
 }
 MMATTN_CPU_CLONES void dx_row(const float* x, const float* dz, float* dx, int64_t n,
                               const float* g, int64_t ca, float mean, float rstd, float m1,

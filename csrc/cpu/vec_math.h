@@ -1,6 +1,6 @@
 // Small math kernels for the CPU operators, written so that GCC/Clang auto-vectorise them.
 //
-// Hot float loops are compiled once per instruction set (AVX-512, AVX2+FMA, baseline) and
+// Hot float loops are compiled once per instruction set (AVX-512F, AVX2, baseline) and
 // picked at load time (`MMATTN_CPU_CLONES`); float64 keeps libm's exp so float64 results
 // match a float64 reference to rounding.
 #pragma once
@@ -11,7 +11,7 @@
 #include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-#define MMATTN_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define MMATTN_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MMATTN_CPU_CLONES
 #endif
