@@ -1,1 +1,5 @@
 """mmdiffusion: joint audio-video generation with a coupled U-Net and RS-MMA (MM-Diffusion, rebuilt)."""
+from mmdiffusion.diffusion import GaussianDiffusion
+from mmdiffusion.sampling import Condition, sample
+from mmdiffusion.unet import PRESETS, CoupledUNet, UNetConfig
+from mmdiffusion.official import load_official

@@ -11,6 +11,7 @@ import sys
 
 COMMANDS: dict[str, str] = {
     # name: one-line help. Module: mmdiffusion.commands.<name with '-' -> '_'>.
+    "convert-official": "convert a published MM-Diffusion checkpoint (Landscape.pt, AIST++.pt) to CoupledUNet safetensors",
     "synth": "write synthetic sounding-video clips (mp4: H.264 + AAC)",
     "prepare": "decode a folder of videos once into training shards",
     "eval": "score generated samples: FVD/KVD, FAD/KAD, AV synchrony, memorisation (heldout or published protocol)",

@@ -1,0 +1,21 @@
+"""Composable audio-video blocks (DESIGN.md §3), usable on their own in other models.
+
+Video tensors are `[B, F, C, H, W]`, audio `[B, C, L]`, embeddings `[B, E]`. Blocks that use
+the fused operators take `impl="fused"` (default) or `impl="reference"` (pure PyTorch).
+"""
+from mmattn.nn._ops import IMPLS, check_impl
+from mmattn.nn.attention import (AudioSelfAttention, RSMultiModalAttention, TokenSelfAttention,
+                                 VideoSelfAttention)
+from mmattn.nn.conv import AudioConv, VideoConv
+from mmattn.nn.init import zero_module
+from mmattn.nn.norm import GroupNormAct
+from mmattn.nn.resample import Downsample, Upsample
+from mmattn.nn.resblock import AudioResBlock, MMResBlock, NormActConv, VideoResBlock
+from mmattn.nn.sequential import CoupledSequential
+
+__all__ = [
+    "IMPLS", "check_impl", "GroupNormAct", "VideoConv", "AudioConv", "Downsample", "Upsample",
+    "NormActConv", "VideoResBlock", "AudioResBlock", "MMResBlock", "TokenSelfAttention",
+    "VideoSelfAttention", "AudioSelfAttention", "RSMultiModalAttention", "CoupledSequential",
+    "zero_module",
+]

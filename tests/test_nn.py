@@ -1,0 +1,359 @@
+"""mmattn.nn blocks: shapes, dtypes, layouts, closed forms against plain PyTorch, training,
+fused vs reference, and input validation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmattn.nn import (AudioConv, AudioResBlock, AudioSelfAttention, CoupledSequential, Downsample,
+                       GroupNormAct, MMResBlock, RSMultiModalAttention, TokenSelfAttention,
+                       Upsample, VideoConv, VideoResBlock, VideoSelfAttention)
+from mmattn.nn.layout import frames_last
+from mmattn.reference import rs_attention_dense
+
+B, NF, C, H, W, L, E = 2, 4, 32, 6, 6, 24, 16
+
+
+def video(c: int = C, dtype=torch.float32, frames: int = NF, hw: int = H) -> torch.Tensor:
+    return torch.randn(B, frames, c, hw, hw, dtype=dtype)
+
+
+def audio(c: int = C, dtype=torch.float32, length: int = L) -> torch.Tensor:
+    return torch.randn(B, c, length, dtype=dtype)
+
+
+def randomize_(module: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    """Random weights everywhere (zero-initialised projections would hide whole paths);
+    GroupNorm scales around 1."""
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                one = isinstance(m, GroupNormAct) and name == "weight"
+                p.copy_(torch.randn_like(p) * std + (1.0 if one else 0.0))
+    return module
+
+
+def is_frames_last(x: torch.Tensor) -> bool:
+    return x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------------------------
+# One case per block: (name, constructor, inputs, call) for the generic tests.
+# --------------------------------------------------------------------------------------------
+
+def _cases():
+    emb = lambda dt: torch.randn(B, E, dtype=dt)  # noqa: E731
+    return {
+        "GroupNormAct": (lambda: GroupNormAct(8, C), lambda dt: (audio(dtype=dt),)),
+        "GroupNormAct-video-film": (lambda: GroupNormAct(8, C, channel_dim=2),
+                                    lambda dt: (video(dtype=dt), torch.randn(B, C, dtype=dt),
+                                                torch.randn(B, C, dtype=dt))),
+        "VideoConv-2d+1d": (lambda: VideoConv(C, 16), lambda dt: (video(dtype=dt),)),
+        "VideoConv-3d": (lambda: VideoConv(C, 16, 3, kind="3d"), lambda dt: (video(dtype=dt),)),
+        "AudioConv": (lambda: AudioConv(C, 16, 3, dilation=4), lambda dt: (audio(dtype=dt),)),
+        "Downsample-video": (lambda: Downsample("video"), lambda dt: (video(dtype=dt),)),
+        "Upsample-audio": (lambda: Upsample("audio"), lambda dt: (audio(dtype=dt),)),
+        "VideoResBlock-down": (lambda: VideoResBlock(C, E, 64, resample="down", dropout=0.1),
+                               lambda dt: (video(dtype=dt), emb(dt))),
+        "AudioResBlock-up": (lambda: AudioResBlock(C, E, 64, resample="up", dilation=2,
+                                                   use_scale_shift_norm=False),
+                             lambda dt: (audio(dtype=dt), emb(dt))),
+        "MMResBlock": (lambda: MMResBlock(C, E, 64, video_attention=True, audio_attention=True),
+                       lambda dt: (video(dtype=dt), audio(dtype=dt), emb(dt))),
+        "VideoSelfAttention": (lambda: VideoSelfAttention(C, 4), lambda dt: (video(dtype=dt),)),
+        "AudioSelfAttention": (lambda: AudioSelfAttention(C, 2), lambda dt: (audio(dtype=dt),)),
+        "RSMultiModalAttention": (lambda: RSMultiModalAttention(C, 16, window=2),
+                                  lambda dt: (video(dtype=dt), audio(dtype=dt))),
+        "CoupledSequential": (lambda: CoupledSequential(
+            MMResBlock(C, E), RSMultiModalAttention(C, 16, window=1), VideoSelfAttention(C),
+            AudioResBlock(C, E, resample="down")),
+            lambda dt: (video(dtype=dt), audio(dtype=dt), emb(dt))),
+    }
+
+
+CASES = _cases()
+EXPECTED_SHAPES = {  # output shapes per case (tuple for pair outputs)
+    "GroupNormAct": (B, C, L), "GroupNormAct-video-film": (B, NF, C, H, W),
+    "VideoConv-2d+1d": (B, NF, 16, H, W), "VideoConv-3d": (B, NF, 16, H, W),
+    "AudioConv": (B, 16, L), "Downsample-video": (B, NF, C, H // 2, W // 2),
+    "Upsample-audio": (B, C, 4 * L), "VideoResBlock-down": (B, NF, 64, H // 2, W // 2),
+    "AudioResBlock-up": (B, 64, 4 * L), "MMResBlock": ((B, NF, 64, H, W), (B, 64, L)),
+    "VideoSelfAttention": (B, NF, C, H, W), "AudioSelfAttention": (B, C, L),
+    "RSMultiModalAttention": ((B, NF, C, H, W), (B, C, L)),
+    "CoupledSequential": ((B, NF, C, H, W), (B, C, L // 4)),
+}
+
+
+def _shapes(out):
+    return tuple(tuple(o.shape) for o in out) if isinstance(out, tuple) else tuple(out.shape)
+
+
+def _outputs(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", list(CASES))
+def test_shapes_and_dtypes(name, dtype):
+    torch.manual_seed(0)
+    make, inputs = CASES[name]
+    block = randomize_(make()).to(dtype).eval()
+    out = block(*inputs(dtype))
+    assert _shapes(out) == EXPECTED_SHAPES[name]
+    for o in _outputs(out):
+        assert o.dtype == dtype and torch.isfinite(o).all()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_block_trains_in_toy_model(name):
+    """Each block inside a toy model (block -> mean-pool heads) gets finite gradients on every
+    parameter and Adam lowers an MSE loss over a few steps."""
+    torch.manual_seed(0)
+    make, inputs = CASES[name]
+    block = make()
+    xs = inputs(torch.float32)
+    targets = [torch.randn_like(o) for o in _outputs(block(*xs))]
+    head = torch.nn.Parameter(torch.ones(()))
+    opt = torch.optim.Adam(list(block.parameters()) + [head], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = sum(F.mse_loss(o * head, t) for o, t in zip(_outputs(block(*xs)), targets))
+        loss.backward()
+        for pname, p in block.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n not in
+                                  ("VideoConv-2d+1d", "VideoConv-3d", "AudioConv",
+                                   "Downsample-video", "Upsample-audio")])
+def test_fused_and_reference_agree(name):
+    """Same weights, same inputs (float64): outputs and all gradients agree between impls."""
+    torch.manual_seed(0)
+    make, inputs = CASES[name]
+    fused = randomize_(make()).double().eval()
+    reference = make().double().eval()
+    reference.load_state_dict(fused.state_dict())
+    for m in reference.modules():
+        if hasattr(m, "impl"):
+            m.impl = "reference"
+    assert any(getattr(m, "impl", None) == "reference" for m in reference.modules())
+    xs = [x.requires_grad_() for x in inputs(torch.float64)]
+    kw = {"RSMultiModalAttention": {"shift": 1}, "CoupledSequential": {"shifts": (1,)}}.get(name, {})
+    results = []
+    for block in (fused, reference):
+        out = _outputs(block(*xs, **kw))
+        grads = torch.autograd.grad(sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype)
+                                         .view_as(o)).sum() for o in out),
+                                    xs + list(block.parameters()))
+        results.append((out, grads))
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms against plain PyTorch (the published computations, written independently).
+# --------------------------------------------------------------------------------------------
+
+def test_group_norm_act_matches_torch():
+    torch.manual_seed(0)
+    norm = randomize_(GroupNormAct(8, C, channel_dim=2))
+    x, scale, shift = video(), torch.randn(B, C), torch.randn(B, C)
+    y = norm(x, scale, shift)
+    ref = F.group_norm(x.transpose(1, 2), 8, norm.weight, norm.bias, 1e-5).transpose(1, 2)
+    ref = F.silu(ref * (1 + scale[:, None, :, None, None]) + shift[:, None, :, None, None])
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    plain = GroupNormAct(4, C, act=None)
+    a = audio()
+    torch.testing.assert_close(plain(a), F.group_norm(a, 4, eps=1e-5), rtol=1e-5, atol=1e-5)
+
+
+def test_video_conv_2d_plus_1d_is_spatial_then_temporal():
+    torch.manual_seed(0)
+    conv = VideoConv(C, 16, 3)
+    x = video()
+    y = conv(x)
+    frames = F.conv2d(x.reshape(B * NF, C, H, W), conv.spatial.weight, conv.spatial.bias, padding=1)
+    pixels = frames.view(B, NF, 16, H, W).permute(0, 3, 4, 2, 1).reshape(B * H * W, 16, NF)
+    ref = F.conv1d(pixels, conv.temporal.weight, conv.temporal.bias, padding=1)
+    ref = ref.view(B, H, W, 16, NF).permute(0, 4, 3, 1, 2)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    assert is_frames_last(y)
+
+
+def test_video_conv_3d_and_audio_conv():
+    torch.manual_seed(0)
+    conv = VideoConv(C, 16, 3, kind="3d")
+    x = video()
+    ref = F.conv3d(x.transpose(1, 2), conv.conv.weight, conv.conv.bias, padding=1).transpose(1, 2)
+    torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-4)
+    aconv = AudioConv(C, 16, 3, dilation=8)
+    a = audio()
+    ref = F.conv1d(a, aconv.weight, aconv.bias, padding=8, dilation=8)
+    torch.testing.assert_close(aconv(a), ref)
+
+
+def test_resampling_closed_forms():
+    x, a = video(), audio()
+    torch.testing.assert_close(Downsample("video")(x), F.avg_pool3d(x, (1, 2, 2)))  # published op
+    torch.testing.assert_close(Downsample("audio")(a), a.view(B, C, L // 4, 4).mean(-1))
+    torch.testing.assert_close(Upsample("video")(x), x.repeat_interleave(2, 3).repeat_interleave(2, 4))
+    torch.testing.assert_close(Upsample("audio")(a), a.repeat_interleave(4, 2))
+
+
+def _attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+
+
+def test_token_self_attention_formula():
+    """x + proj(MHA(GN(x))) with q|k|v channel blocks split head-major, per sequence."""
+    torch.manual_seed(0)
+    attn = randomize_(TokenSelfAttention(C, num_heads=4))
+    x = torch.randn(3, 10, C)
+    h = F.group_norm(x.transpose(1, 2), 32, attn.norm.weight, attn.norm.bias).transpose(1, 2)
+    q, k, v = (attn.qkv(h).view(3, 10, 3, 4, C // 4).permute(2, 0, 3, 1, 4))
+    out = _attention(q, k, v).transpose(1, 2).reshape(3, 10, C)
+    torch.testing.assert_close(attn(x), x + attn.proj(out), rtol=1e-5, atol=1e-5)
+
+
+def test_video_self_attention_is_spatial_then_temporal():
+    torch.manual_seed(0)
+    block = randomize_(VideoSelfAttention(C, 4))
+    x = video()
+    tokens = x.permute(0, 1, 3, 4, 2).reshape(B * NF, H * W, C)
+    tokens = block.spatial(tokens).view(B, NF, H * W, C).transpose(1, 2).reshape(B * H * W, NF, C)
+    tokens = block.temporal(tokens).view(B, H, W, NF, C).permute(0, 3, 4, 1, 2)
+    y = block(x)
+    torch.testing.assert_close(y, tokens, rtol=1e-5, atol=1e-5)
+    assert is_frames_last(y)
+
+
+def test_rs_mma_formula_and_layout():
+    """GN per modality, q/k/v projections, windowed cross attention (dense mask reference),
+    output projections, residual; video keeps frames-last memory, audio [B, C, L]."""
+    torch.manual_seed(0)
+    block = randomize_(RSMultiModalAttention(C, num_head_channels=16, window=2))
+    x, a = frames_last(video()), audio()
+    yv, ya = block(x, a, shift=3)
+    heads = C // 16
+    vn = F.group_norm(x.transpose(1, 2), 32, block.video_norm.weight, block.video_norm.bias)
+    an = F.group_norm(a, 32, block.audio_norm.weight, block.audio_norm.bias)
+    vt = vn.permute(0, 2, 3, 4, 1).reshape(B, NF * H * W, C)
+    split = lambda t: t.view(B, -1, 3, heads, 16).permute(2, 0, 3, 1, 4)  # noqa: E731
+    qv, kv, vv = split(block.video_qkv(vt))
+    qa, ka, va = split(block.audio_qkv(an.transpose(1, 2)))
+    ov, oa = rs_attention_dense(qv, kv, vv, qa, ka, va, frames=NF, window=2, shift=3)
+    ov = block.video_proj(ov.transpose(1, 2).reshape(B, -1, C)).view(B, NF, H, W, C).permute(0, 1, 4, 2, 3)
+    oa = block.audio_proj(oa.transpose(1, 2).reshape(B, L, C)).transpose(1, 2)
+    torch.testing.assert_close(yv, x + ov, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ya, a + oa, rtol=1e-5, atol=1e-5)
+    assert is_frames_last(yv) and ya.is_contiguous()
+
+
+def test_rs_mma_random_shift_uses_torch_generator():
+    block = randomize_(RSMultiModalAttention(C, 16, window=3))
+    draws = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        draws.append([block.draw_shift(8) for _ in range(50)])
+    assert draws[0] == draws[1] != draws[2]
+    assert set(draws[0]) == set(range(0, 8 - 3 + 1))  # uniform on [0, F - window]
+    fixed = RSMultiModalAttention(C, 16, window=3, random_shift=False)
+    assert {fixed.draw_shift(8) for _ in range(10)} == {0}
+    # shift=None draws exactly what draw_shift draws
+    x, a = video(), audio()
+    torch.manual_seed(5)
+    expected_shift = block.draw_shift(NF)
+    torch.manual_seed(5)
+    out = block(x, a)
+    for o, r in zip(out, block(x, a, shift=expected_shift)):
+        torch.testing.assert_close(o, r)
+
+
+def test_residual_blocks_start_as_skip_and_identity():
+    """Zero-initialised output convolutions/projections: at init every residual branch is zero."""
+    torch.manual_seed(0)
+    x, a, e = video(), audio(), torch.randn(B, E)
+    res = VideoResBlock(C, E, resample="down")
+    torch.testing.assert_close(res(x, e), F.avg_pool3d(x, (1, 2, 2)))
+    ares = AudioResBlock(C, E, 64)
+    torch.testing.assert_close(ares(a, e), ares.skip(a))
+    for block in (VideoSelfAttention(C), RSMultiModalAttention(C, 16)):
+        out = block(x, a) if isinstance(block, RSMultiModalAttention) else (block(x),)
+        torch.testing.assert_close(out[0], x)
+
+
+def test_mm_resblock_shares_one_embedding_projection():
+    torch.manual_seed(0)
+    block = randomize_(MMResBlock(C, E, 64, use_scale_shift_norm=True))
+    x, a, e = video(), audio(), torch.randn(B, E)
+    film = block.emb_proj(F.silu(e))
+    yv, ya = block(x, a, e)
+    torch.testing.assert_close(yv, block.video(x, film))
+    torch.testing.assert_close(ya, block.audio(a, film))
+    assert block.emb_proj.out_features == 128 and block.video.emb_proj is None
+
+
+def test_coupled_sequential_threads_streams_and_shifts():
+    torch.manual_seed(0)
+    rs1, rs2 = RSMultiModalAttention(C, 16, window=1), RSMultiModalAttention(C, 16, window=4, random_shift=False)
+    vconv, aconv = VideoConv(C, C), AudioConv(C, C)
+    for m in (rs1, rs2, vconv, aconv):
+        randomize_(m)
+    seq = CoupledSequential(vconv, rs1, aconv, rs2)
+    x, a = video(), audio()
+    assert seq.draw_shifts(NF, cross_shift=2) == (2, 0)
+    yv, ya = seq(x, a, shifts=(2, 0))
+    v1, a1 = rs1(vconv(x), a, shift=2)
+    rv, ra = rs2(v1, aconv(a1), shift=0)
+    torch.testing.assert_close(yv, rv)
+    torch.testing.assert_close(ya, ra)
+    with pytest.raises(ValueError, match="one int per RS-MMA layer"):
+        seq(x, a, shifts=(1,))
+    with pytest.raises(TypeError, match="streams"):
+        CoupledSequential(torch.nn.Identity())
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: VideoConv(C, 8)(torch.randn(B, C, H, W)), r"video must be \[B, F, C, H, W\]"),
+    (lambda: VideoConv(C, 8)(video(c=8)), "must have 32 channels"),
+    (lambda: AudioConv(C, 8)(torch.randn(B, L)), r"audio must be \[B, C, L\]"),
+    (lambda: GroupNormAct(8, C)(audio(c=16)), "C=32"),
+    (lambda: GroupNormAct(8, C)(audio(), torch.randn(B, 16)), r"scale must be \[B, C\]"),
+    (lambda: Downsample("audio")(audio(length=10)), "divisible by 4"),
+    (lambda: Downsample("video")(video(hw=5)), "divisible by 2"),
+    (lambda: RSMultiModalAttention(C, 16, window=8)(video(), audio()), r"window \(8\) must be <= frames"),
+    (lambda: RSMultiModalAttention(C, 16)(video(), audio(length=3)), r"must be >= frames"),
+    (lambda: RSMultiModalAttention(C, 16)(video(), audio()[:1]), "batch sizes differ"),
+    (lambda: VideoResBlock(C, E)(video(), torch.randn(B, 7)), r"expected emb \[B, 16\]"),
+    (lambda: MMResBlock(C, E)(video(), audio(), torch.randn(B, 7)), r"expected emb \[B, 16\]"),
+    (lambda: AudioSelfAttention(C)(audio(c=64)), "must have 32 channels"),
+])
+def test_bad_inputs_raise_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: GroupNormAct(8, 30), "multiple of num_groups"),
+    (lambda: GroupNormAct(8, 32, act="relu"), "act must be one of"),
+    (lambda: VideoConv(C, C, 2), "positive odd"),
+    (lambda: VideoConv(C, C, kind="2d"), "kind must be one of"),
+    (lambda: RSMultiModalAttention(C, 24), "multiple of num_head_channels"),
+    (lambda: RSMultiModalAttention(C, 16, impl="cuda"), "impl must be one of"),
+    (lambda: VideoResBlock(C, E, resample="sideways"), "resample must be one of"),
+    (lambda: Downsample("image"), "modality must be one of"),
+])
+def test_bad_constructor_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
