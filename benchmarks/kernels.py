@@ -86,7 +86,8 @@ def flex_rs_attention(case: AttentionCase, batch: int, device: torch.device):
 
     mask_va = create_block_mask(video_to_audio, None, None, n, l, device=device)
     mask_av = create_block_mask(audio_to_video, None, None, l, n, device=device)
-    attend = torch.compile(flex_attention, fullgraph=True)
+    # static shapes: the two directions' shapes must not turn each other into a dynamic-shape kernel
+    attend = torch.compile(flex_attention, fullgraph=True, dynamic=False)
 
     def run(qv, kv, vv, qa, ka, va):
         return attend(qv, ka, va, block_mask=mask_va), attend(qa, kv, vv, block_mask=mask_av)
@@ -140,7 +141,7 @@ def norm_impls(case: NormCase, device: torch.device) -> dict:
         "eager": lambda x, w, b, s, sh: group_norm_act_reference(x, g, w, b, scale=s, shift=sh, channel_dim=cd),
     }
     if device.type == "cuda":
-        impls["compile"] = torch.compile(impls["eager"])
+        impls["compile"] = torch.compile(impls["eager"], dynamic=False)
     return impls
 
 

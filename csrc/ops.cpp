@@ -61,4 +61,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "[(begin, length), ...]: the at most two key ranges of query segment i's window");
   m.def("query_segment_seeing", &mmattn::query_segment_seeing,
         "k-th query segment whose window holds key segment j");
+  // Helpers of the tiled CUDA kernels (tests/test_index_cuda_helpers.py).
+  m.def("transposed_shift", &mmattn::transposed_shift,
+        "shift whose windows are the query segments that see each key segment");
+  m.def("window_union_tiles", [](int64_t i0, int64_t i1, int64_t n_key, int64_t segments,
+                                 int64_t window, int64_t shift, int64_t tile) {
+    const auto r = mmattn::window_union_ranges(i0, i1, n_key, segments, window,
+                                               mmattn::wrap_shift(shift, segments));
+    std::vector<std::pair<int64_t, int64_t>> out;
+    for (int64_t t = 0; t < mmattn::range_tiles(r, tile); ++t) {
+      int64_t begin = 0, len = 0;
+      mmattn::range_tile(r, tile, t, &begin, &len);
+      out.emplace_back(begin, len);
+    }
+    return out;
+  }, "[(begin, length), ...]: tiles of the union of the windows of segments i0..i1");
+  m.def("window_contains", [](int64_t i, int64_t n_key, int64_t segments, int64_t window,
+                              int64_t shift, int64_t t0, int64_t t1) {
+    const auto r = mmattn::window_key_ranges(i, n_key, segments, window,
+                                             mmattn::wrap_shift(shift, segments));
+    return std::make_pair(mmattn::ranges_contain(r, t0), mmattn::ranges_cover(r, t0, t1));
+  }, "(token t0 in the window of segment i, tokens [t0, t1) inside one of its ranges)");
 }

@@ -72,4 +72,57 @@ MMATTN_HOST_DEVICE int64_t query_segment_seeing(int64_t j, int64_t k, int64_t se
   return i < 0 ? i + segments : i;
 }
 
+
+// ---- Helpers of the tiled (CUDA) kernels ------------------------------------------------
+// A tile of consecutive tokens may span several segments; it works on the union of their
+// windows, and masks per token pair.
+
+// The relation read backwards: the query segments whose windows contain key segment j are
+// {(j + t + k) mod S : k < window} with t = -(shift + window - 1) mod S, i.e. the windows of
+// the transposed problem. Any integer `shift`; returns t in [0, segments).
+MMATTN_HOST_DEVICE int64_t transposed_shift(int64_t shift, int64_t window, int64_t segments) {
+  return wrap_shift(-(wrap_shift(shift, segments) + window - 1), segments);
+}
+
+// Token ranges of the union of the windows of the consecutive segments i0 <= i1: the run of
+// min(segments, i1 - i0 + window) segments starting at (i0 + shift) mod S, so again at most
+// two contiguous ranges. `shift` wrapped into [0, segments).
+MMATTN_HOST_DEVICE KeyRanges window_union_ranges(int64_t i0, int64_t i1, int64_t n_key,
+                                                 int64_t segments, int64_t window,
+                                                 int64_t shift) {
+  const int64_t run = i1 - i0 + window;
+  return window_key_ranges(i0, n_key, segments, run < segments ? run : segments, shift);
+}
+
+// Whether token t lies in one of the ranges.
+MMATTN_HOST_DEVICE bool ranges_contain(const KeyRanges& r, int64_t t) {
+  return (t >= r.begin[0] && t < r.begin[0] + r.len[0]) ||
+         (r.count > 1 && t >= r.begin[1] && t < r.begin[1] + r.len[1]);
+}
+
+// Whether the tokens [t0, t1) all lie in one of the ranges.
+MMATTN_HOST_DEVICE bool ranges_cover(const KeyRanges& r, int64_t t0, int64_t t1) {
+  return (t0 >= r.begin[0] && t1 <= r.begin[0] + r.len[0]) ||
+         (r.count > 1 && t0 >= r.begin[1] && t1 <= r.begin[1] + r.len[1]);
+}
+
+// Tiles of at most `tile` tokens covering the ranges, range by range: their number, and the
+// first token and length of tile `index` (0 <= index < range_tiles(r, tile)). No tile
+// crosses from one range into the other.
+MMATTN_HOST_DEVICE int64_t range_tiles(const KeyRanges& r, int64_t tile) {
+  int64_t n = (r.len[0] + tile - 1) / tile;
+  if (r.count > 1) n += (r.len[1] + tile - 1) / tile;
+  return n;
+}
+
+MMATTN_HOST_DEVICE void range_tile(const KeyRanges& r, int64_t tile, int64_t index,
+                                   int64_t* begin, int64_t* len) {
+  const int64_t first = (r.len[0] + tile - 1) / tile;  // tiles of range 0
+  const bool second = index >= first;  // selects, not a run-time array index (registers on GPU)
+  const int64_t start = (second ? r.begin[1] : r.begin[0]) + (second ? index - first : index) * tile;
+  const int64_t end = second ? r.begin[1] + r.len[1] : r.begin[0] + r.len[0];
+  *begin = start;
+  *len = end - start < tile ? end - start : tile;
+}
+
 }  // namespace mmattn

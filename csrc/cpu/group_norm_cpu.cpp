@@ -10,49 +10,12 @@
 
 #include <vector>
 
+#include "norm_layout.h"
 #include "ops.h"
 #include "vec_math.h"
 
 namespace mmattn {
 namespace {
-
-// x as [B, F, C, S] strides; `inner_is_s` when rows run along S (else along C).
-struct Layout {
-  int64_t batch, frames, channels, spatial;
-  int64_t sb, sf, sc, ss;
-};
-
-// Strides of the [B, F, C, S] view of `t`, or nullopt when the spatial dims cannot be
-// flattened into one stride.
-std::optional<Layout> layout_of(const at::Tensor& t, int64_t channel_dim) {
-  Layout l{};
-  l.batch = t.size(0);
-  l.frames = channel_dim == 2 ? t.size(1) : 1;
-  l.channels = t.size(channel_dim);
-  l.sb = t.stride(0);
-  l.sf = channel_dim == 2 ? t.stride(1) : 0;
-  l.sc = t.stride(channel_dim);
-  l.spatial = 1;
-  l.ss = 1;
-  bool first = true;
-  for (int64_t dim = t.dim() - 1; dim > channel_dim; --dim) {  // innermost spatial dim first
-    if (t.size(dim) == 1) continue;
-    if (first) {
-      l.ss = t.stride(dim);
-      first = false;
-    } else if (t.stride(dim) != l.spatial * l.ss) {
-      return std::nullopt;
-    }
-    l.spatial *= t.size(dim);
-  }
-  return l;
-}
-
-// `t` itself when dense with flattenable spatial dims (then empty_like(t) has its strides),
-// else a contiguous copy.
-at::Tensor flattenable(const at::Tensor& t, int64_t channel_dim) {
-  return t.is_non_overlapping_and_dense() && layout_of(t, channel_dim) ? t : t.contiguous();
-}
 
 // Rows of one (b, g) group: `rows` rows of `len` elements, row r at offset row_off(r),
 // elements `step` apart; channel of (row, j) via `chan(r, j)`.
@@ -70,7 +33,7 @@ struct GroupRows {
   }
 };
 
-GroupRows group_rows(const Layout& l, int64_t cpg) {
+GroupRows group_rows(const NormLayout& l, int64_t cpg) {
   const bool inner_s = std::abs(l.ss) <= std::abs(l.sc) || cpg == 1;
   GroupRows g{};
   g.inner_is_s = inner_s;
@@ -257,7 +220,7 @@ void fold_coefficients(const Affine<acc_t>& af, int64_t b, int64_t g, int64_t cp
 }
 
 template <typename scalar_t, typename acc_t>
-void forward_kernel(const at::Tensor& x, const Layout& l, at::Tensor& y, const Layout& ly,
+void forward_kernel(const at::Tensor& x, const NormLayout& l, at::Tensor& y, const NormLayout& ly,
                     int64_t G, const Affine<acc_t>& af, bool silu, double eps, acc_t* mean_out,
                     acc_t* rstd_out) {
   const int64_t C = l.channels, cpg = C / G;
@@ -292,8 +255,8 @@ void forward_kernel(const at::Tensor& x, const Layout& l, at::Tensor& y, const L
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const at::Tensor& dy, const Layout& ld, const at::Tensor& x, const Layout& l,
-                     at::Tensor& dx, const Layout& lx, int64_t G, const Affine<acc_t>& af,
+void backward_kernel(const at::Tensor& dy, const NormLayout& ld, const at::Tensor& x, const NormLayout& l,
+                     at::Tensor& dx, const NormLayout& lx, int64_t G, const Affine<acc_t>& af,
                      bool silu, const acc_t* mean_in, const acc_t* rstd_in, acc_t* s1_out,
                      acc_t* s2_out) {
   const int64_t C = l.channels, cpg = C / G;

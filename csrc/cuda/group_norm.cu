@@ -1,0 +1,593 @@
+// CUDA GroupNorm + affine + FiLM + SiLU, forward and backward.
+//
+// x is viewed as [B, F, C, S] with its own strides (F = 1 for channel_dim 1), so video in
+// [B, F, C, H, W] and channels_last inputs need no permute copy. The unit of work is one
+// (sample, channel) pair - F planes of S elements - cut into `nsplit` equal parts, so the
+// grid fills the GPU even when B * G is small:
+//  forward:  stats kernel (Welford partials per part) -> apply kernel (each block merges its
+//            group's cpg * nsplit partials in a fixed order, then normalises its part);
+//  backward: sums kernel (per part: sum dz, sum dz (x - mean)) -> dx kernel (merges the
+//            group's partial sums in a fixed order) -> parameter-gradient kernel.
+// Every reduction has a fixed order, so results are bitwise reproducible. Groups are
+// processed in waves of about half the L2 cache, so the second read of x (and grad_y) hits L2.
+// Rows with unit S stride and 16-byte alignment use 16-byte vector accesses.
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>  // C10_HOST_DEVICE, used by IntegerDivider.cuh
+#include <ATen/cuda/detail/IntegerDivider.cuh>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "device_utils.cuh"
+#include "norm_layout.h"
+#include "ops.h"
+
+namespace mmattn {
+namespace cuda {
+namespace {
+
+using at::cuda::detail::IntDivider;
+
+constexpr int kThreads = 256, kWarps = kThreads / 32, kUnroll = 4;
+
+// Work geometry shared by all kernels (x, y, grad_y and grad_x share these strides).
+struct GnGeom {
+  int64_t sb, sf, sc, ss;      // element strides of the [B, F, C, S] view
+  int channels, groups, cpg;   // C, G, C / G
+  int nsplit;                  // parts per (sample, channel)
+  int vecs;                    // vectors per (sample, channel): F * S / V
+  IntDivider<unsigned int> plane;  // vectors per (frame, channel) plane: S / V
+
+  __device__ __forceinline__ int split_begin(int split) const {
+    return static_cast<int>(int64_t{split} * vecs / nsplit);
+  }
+  // element offset of vector e of a (sample, channel) pair
+  template <int V>
+  __device__ __forceinline__ int64_t offset(int e) const {
+    const auto dm = plane.divmod(static_cast<unsigned int>(e));
+    return dm.div * sf + static_cast<int64_t>(dm.mod) * V * ss;
+  }
+};
+
+// Per-channel parameters in the accumulation type (nullptr when absent).
+template <typename acc_t>
+struct Affine {
+  const acc_t* weight;  // [C]
+  const acc_t* bias;    // [C]
+  const acc_t* scale;   // [B, C]
+  const acc_t* shift;   // [B, C]
+  __device__ __forceinline__ acc_t w(int c) const { return weight ? weight[c] : acc_t(1); }
+  __device__ __forceinline__ acc_t bi(int c) const { return bias ? bias[c] : acc_t(0); }
+  __device__ __forceinline__ acc_t film(int64_t bc) const { return scale ? acc_t(1) + scale[bc] : acc_t(1); }
+  __device__ __forceinline__ acc_t sh(int64_t bc) const { return shift ? shift[bc] : acc_t(0); }
+  // z = x * a + b folds normalisation, affine and FiLM (as the CPU kernel's fold_coefficients)
+  __device__ __forceinline__ void fold(int64_t b, int c, int channels, acc_t mean, acc_t rstd,
+                                       acc_t& a, acc_t& bb) const {
+    const int64_t bc = b * channels + c;
+    const acc_t k = film(bc);
+    a = rstd * w(c) * k;
+    bb = (bi(c) - mean * rstd * w(c)) * k + sh(bc);
+  }
+};
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t sigmoid(acc_t z) {
+  return acc_t(1) / (acc_t(1) + exp_acc(-z));
+}
+
+// Mean and centred sum of squares of n values.
+template <typename acc_t>
+struct Welford {
+  acc_t n, mean, m2;
+};
+
+// a then b; written so that lanes merging the same pair in the same order agree bitwise.
+template <typename acc_t>
+__device__ __forceinline__ Welford<acc_t> merge(const Welford<acc_t>& a, const Welford<acc_t>& b) {
+  if (b.n == acc_t(0)) return a;
+  if (a.n == acc_t(0)) return b;
+  const acc_t n = a.n + b.n, wb = b.n / n, delta = b.mean - a.mean;
+  return {n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb};
+}
+
+template <typename acc_t, int V>
+__device__ __forceinline__ Welford<acc_t> welford_of(const acc_t (&x)[V]) {
+  acc_t s = 0;
+#pragma unroll
+  for (int i = 0; i < V; ++i) s += x[i];
+  const acc_t mean = s / acc_t(V);
+  acc_t m2 = 0;
+#pragma unroll
+  for (int i = 0; i < V; ++i) m2 += (x[i] - mean) * (x[i] - mean);
+  return {acc_t(V), mean, m2};
+}
+
+// Tree merge over the warp, lower lanes first at every level: all lanes end with one value.
+template <typename acc_t>
+__device__ __forceinline__ Welford<acc_t> warp_merge(Welford<acc_t> w) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const Welford<acc_t> other{__shfl_xor_sync(kFullMask, w.n, o),
+                               __shfl_xor_sync(kFullMask, w.mean, o),
+                               __shfl_xor_sync(kFullMask, w.m2, o)};
+    w = (lane & o) ? merge(other, w) : merge(w, other);
+  }
+  return w;
+}
+
+// Block-wide merge in warp order; the result is valid in warp 0.
+template <typename acc_t>
+__device__ __forceinline__ Welford<acc_t> block_merge(Welford<acc_t> w) {
+  __shared__ acc_t sh[3][kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  w = warp_merge(w);
+  if (lane == 0) {
+    sh[0][warp] = w.n;
+    sh[1][warp] = w.mean;
+    sh[2][warp] = w.m2;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    w = lane < kWarps ? Welford<acc_t>{sh[0][lane], sh[1][lane], sh[2][lane]}
+                      : Welford<acc_t>{0, 0, 0};
+    w = warp_merge(w);
+  }
+  return w;
+}
+
+// Block-wide sums of two values in warp order; valid in thread 0.
+template <typename acc_t>
+__device__ __forceinline__ void block_sum2(acc_t& a, acc_t& b) {
+  __shared__ acc_t sh[2][kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  a = warp_sum(a);
+  b = warp_sum(b);
+  if (lane == 0) {
+    sh[0][warp] = a;
+    sh[1][warp] = b;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    a = 0;
+    b = 0;
+    for (int i = 0; i < kWarps; ++i) {
+      a += sh[0][i];
+      b += sh[1][i];
+    }
+  }
+}
+
+// The (sample, channel, part) of a block; `unit0` is the first unit of the wave.
+struct Unit {
+  int64_t index, b;
+  int c, split;
+  __device__ __forceinline__ Unit(const GnGeom& geo, int64_t unit0) {
+    index = unit0 + blockIdx.x;
+    const int64_t bc = index / geo.nsplit;
+    split = static_cast<int>(index % geo.nsplit);
+    b = bc / geo.channels;
+    c = static_cast<int>(bc % geo.channels);
+  }
+  // first partial of this unit's group: parts of channels g*cpg .. g*cpg+cpg-1 are contiguous
+  __device__ __forceinline__ int64_t group_partials(const GnGeom& geo) const {
+    return (b * geo.channels + (c / geo.cpg) * geo.cpg) * geo.nsplit;
+  }
+};
+
+// Applies f(e, values) to every vector e of this unit's part, kUnroll loads in flight.
+template <typename scalar_t, int V, typename acc_t, typename F>
+__device__ __forceinline__ void for_each_vec(const GnGeom& geo, const scalar_t* base, int e0,
+                                             int e1, F&& f) {
+  for (int e = e0 + static_cast<int>(threadIdx.x); e < e1; e += kThreads * kUnroll) {
+    acc_t v[kUnroll][V];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int eu = e + u * kThreads;
+      if (eu < e1) load_vec<scalar_t, V>(base + geo.offset<V>(eu), v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int eu = e + u * kThreads;
+      if (eu < e1) f(eu, v[u]);
+    }
+  }
+}
+
+// ---- forward --------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_stats_kernel(const scalar_t* __restrict__ x,
+                                                            const GnGeom geo, int64_t unit0,
+                                                            acc_t* __restrict__ partial) {
+  const Unit u(geo, unit0);
+  const scalar_t* base = x + u.b * geo.sb + u.c * geo.sc;
+  Welford<acc_t> w{0, 0, 0};
+  for_each_vec<scalar_t, V, acc_t>(geo, base, geo.split_begin(u.split), geo.split_begin(u.split + 1),
+                                   [&](int, const acc_t(&v)[V]) { w = merge(w, welford_of<acc_t, V>(v)); });
+  w = block_merge(w);
+  if (threadIdx.x == 0) {
+    partial[2 * u.index] = w.mean;
+    partial[2 * u.index + 1] = w.m2;
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_apply_kernel(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ y, const GnGeom geo,
+    const Affine<acc_t> af, int64_t unit0, const acc_t* __restrict__ partial,
+    acc_t* __restrict__ mean_out, acc_t* __restrict__ rstd_out, acc_t eps, bool silu) {
+  const Unit u(geo, unit0);
+  const int lane = threadIdx.x % 32;
+  // The group's statistics: every warp merges the same partials in the same order.
+  const int64_t p0 = u.group_partials(geo);
+  const int np = geo.cpg * geo.nsplit;
+  Welford<acc_t> w{0, 0, 0};
+  for (int j = lane; j < np; j += 32) {
+    const int split = j % geo.nsplit;
+    const acc_t n = acc_t(geo.split_begin(split + 1) - geo.split_begin(split)) * acc_t(V);
+    w = merge(w, Welford<acc_t>{n, partial[2 * (p0 + j)], partial[2 * (p0 + j) + 1]});
+  }
+  w = warp_merge(w);
+  const acc_t mean = w.mean, rstd = rsqrt_acc(w.m2 / w.n + eps);
+  if (threadIdx.x == 0 && u.c % geo.cpg == 0 && u.split == 0) {
+    const int64_t bg = u.b * geo.groups + u.c / geo.cpg;
+    mean_out[bg] = mean;
+    rstd_out[bg] = rstd;
+  }
+  acc_t a, bb;
+  af.fold(u.b, u.c, geo.channels, mean, rstd, a, bb);
+  const int64_t base = u.b * geo.sb + u.c * geo.sc;
+  for_each_vec<scalar_t, V, acc_t>(geo, x + base, geo.split_begin(u.split),
+                                   geo.split_begin(u.split + 1), [&](int e, acc_t(&v)[V]) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const acc_t z = v[i] * a + bb;
+      v[i] = silu ? z * sigmoid(z) : z;
+    }
+    store_vec<scalar_t, V>(y + base + geo.offset<V>(e), v);
+  });
+}
+
+// ---- backward -------------------------------------------------------------------------------
+
+// dL/dz from dL/dy at z (z = the pre-activation value).
+template <typename acc_t>
+__device__ __forceinline__ acc_t grad_z(acc_t dy, acc_t z, bool silu) {
+  if (!silu) return dy;
+  const acc_t sg = sigmoid(z);
+  return dy * sg * (acc_t(1) + z * (acc_t(1) - sg));
+}
+
+// Per part: s1 = sum dz, s2 = rstd * sum dz (x - mean).
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_bwd_sums_kernel(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const GnGeom geo,
+    const Affine<acc_t> af, const acc_t* __restrict__ mean_in, const acc_t* __restrict__ rstd_in,
+    bool silu, int64_t unit0, acc_t* __restrict__ partial) {
+  const Unit u(geo, unit0);
+  const int64_t bg = u.b * geo.groups + u.c / geo.cpg;
+  const acc_t mean = mean_in[bg], rstd = rstd_in[bg];
+  acc_t a, bb;
+  af.fold(u.b, u.c, geo.channels, mean, rstd, a, bb);
+  const int64_t base = u.b * geo.sb + u.c * geo.sc;
+  acc_t s1 = 0, s2 = 0;
+  for_each_vec<scalar_t, V, acc_t>(geo, x + base, geo.split_begin(u.split),
+                                   geo.split_begin(u.split + 1), [&](int e, const acc_t(&v)[V]) {
+    acc_t d[V];
+    load_vec<scalar_t, V>(dy + base + geo.offset<V>(e), d);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const acc_t g = grad_z(d[i], v[i] * a + bb, silu);
+      s1 += g;
+      s2 += g * (v[i] - mean);
+    }
+  });
+  block_sum2(s1, s2);
+  if (threadIdx.x == 0) {
+    partial[2 * u.index] = s1;
+    partial[2 * u.index + 1] = s2 * rstd;
+  }
+}
+
+// dx = rstd (dz gain[c] - m1 - xhat m2) with gain = weight (1 + scale) and m1, m2 the group
+// means of dz gain and dz gain xhat. Part 0 of each channel also stores the channel's sums.
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_bwd_dx_kernel(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dx,
+    const GnGeom geo, const Affine<acc_t> af, const acc_t* __restrict__ mean_in,
+    const acc_t* __restrict__ rstd_in, bool silu, int64_t unit0, const acc_t* __restrict__ partial,
+    acc_t* __restrict__ sums /* [B, C, 2] */, acc_t inv_count) {
+  const Unit u(geo, unit0);
+  const int lane = threadIdx.x % 32;
+  const int64_t bg = u.b * geo.groups + u.c / geo.cpg;
+  const acc_t mean = mean_in[bg], rstd = rstd_in[bg];
+  const int64_t p0 = u.group_partials(geo);
+  const int c0 = (u.c / geo.cpg) * geo.cpg;
+  acc_t m1 = 0, m2 = 0;
+  for (int j = lane; j < geo.cpg * geo.nsplit; j += 32) {
+    const int c = c0 + j / geo.nsplit;
+    const acc_t gain = af.w(c) * af.film(u.b * geo.channels + c);
+    m1 += gain * partial[2 * (p0 + j)];
+    m2 += gain * partial[2 * (p0 + j) + 1];
+  }
+  m1 = warp_sum(m1) * inv_count;
+  m2 = warp_sum(m2) * inv_count;
+  const int64_t bc = u.b * geo.channels + u.c;
+  if (threadIdx.x == 0 && u.split == 0) {
+    acc_t s1 = 0, s2 = 0;
+    for (int k = 0; k < geo.nsplit; ++k) {
+      s1 += partial[2 * (bc * geo.nsplit + k)];
+      s2 += partial[2 * (bc * geo.nsplit + k) + 1];
+    }
+    sums[2 * bc] = s1;
+    sums[2 * bc + 1] = s2;
+  }
+  acc_t a, bb;
+  af.fold(u.b, u.c, geo.channels, mean, rstd, a, bb);
+  const acc_t gain = af.w(u.c) * af.film(bc);
+  const int64_t base = u.b * geo.sb + u.c * geo.sc;
+  for_each_vec<scalar_t, V, acc_t>(geo, x + base, geo.split_begin(u.split),
+                                   geo.split_begin(u.split + 1), [&](int e, const acc_t(&v)[V]) {
+    const int64_t off = base + geo.offset<V>(e);
+    acc_t d[V];
+    load_vec<scalar_t, V>(dy + off, d);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const acc_t g = grad_z(d[i], v[i] * a + bb, silu);
+      d[i] = rstd * (g * gain - m1 - (v[i] - mean) * rstd * m2);
+    }
+    store_vec<scalar_t, V>(dx + off, d);
+  });
+}
+
+// dweight[c] = sum_b (1 + scale) s2, dbias[c] = sum_b (1 + scale) s1 (b in order),
+// dscale[b, c] = weight s2 + bias s1; dshift = s1 is read from `sums` by the host.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) gn_param_grads_kernel(
+    const acc_t* __restrict__ sums, const Affine<acc_t> af, int64_t batch, int channels,
+    acc_t* __restrict__ dweight, acc_t* __restrict__ dbias, acc_t* __restrict__ dscale,
+    acc_t* __restrict__ dshift) {
+  const int c = blockIdx.x * kThreads + threadIdx.x;
+  if (c >= channels) return;
+  acc_t dw = 0, db = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t bc = b * channels + c;
+    const acc_t s1 = sums[2 * bc], s2 = sums[2 * bc + 1], k = af.film(bc);
+    dw += k * s2;
+    db += k * s1;
+    dscale[bc] = af.w(c) * s2 + af.bi(c) * s1;
+    dshift[bc] = s1;
+  }
+  dweight[c] = dw;
+  dbias[c] = db;
+}
+
+// ---- host side ---------------------------------------------------------------------------
+
+// 16-byte vectors along S: unit S stride, whole vectors per plane, aligned rows.
+bool vectorisable(const NormLayout& l, std::initializer_list<const at::Tensor*> tensors, int v) {
+  if (v == 1) return true;
+  if (l.ss != 1 || l.spatial % v != 0) return false;
+  for (int64_t s : {l.sb, l.sf, l.sc}) {
+    if (s % v != 0) return false;
+  }
+  for (const at::Tensor* t : tensors) {
+    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// Parts per (sample, channel) and groups per wave for tensors of `bytes_per_group` bytes read
+// per group (x, or x and grad_y).
+struct Plan {
+  int nsplit;
+  int64_t groups_per_wave;
+};
+
+Plan plan(const NormLayout& l, int64_t groups, int64_t vecs, int64_t bytes_per_group) {
+  int device = 0, sms = 0, threads_per_sm = 0, l2_bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const int64_t cpg = l.channels / groups;
+  const int64_t total_groups = l.batch * groups;
+  const int64_t wave_bytes = std::max<int64_t>(l2_bytes / 2, 1 << 20);
+  const int64_t per_wave =
+      std::min(total_groups, std::max<int64_t>(1, wave_bytes / std::max<int64_t>(bytes_per_group, 1)));
+  // about two rounds of resident blocks per wave, at least kUnroll vectors per thread
+  const int64_t target = 2 * int64_t{sms} * (threads_per_sm / kThreads);
+  const int64_t max_split = std::max<int64_t>(1, vecs / (kThreads * kUnroll));
+  const int64_t want = (target + per_wave * cpg - 1) / (per_wave * cpg);
+  return {static_cast<int>(std::clamp<int64_t>(want, 1, max_split)), per_wave};
+}
+
+GnGeom make_geom(const NormLayout& l, int64_t groups, int v, int nsplit) {
+  const int64_t vecs = l.frames * l.spatial / v;
+  TORCH_CHECK(vecs < (int64_t{1} << 31) && l.spatial / v < (int64_t{1} << 31),
+              "group_norm_act (CUDA): F * S must be < 2^31 per channel");
+  GnGeom g{l.sb, l.sf, l.sc, l.ss,
+           static_cast<int>(l.channels), static_cast<int>(groups),
+           static_cast<int>(l.channels / groups), nsplit, static_cast<int>(vecs),
+           IntDivider<unsigned int>(static_cast<unsigned int>(l.spatial / v))};
+  return g;
+}
+
+template <typename acc_t>
+struct AffineTensors {
+  at::Tensor weight, bias, scale, shift;  // acc_t, contiguous; undefined when absent
+  AffineTensors(const OptTensor& w, const OptTensor& b, const OptTensor& s, const OptTensor& sh,
+                at::ScalarType acc)
+      : weight(prep(w, acc)), bias(prep(b, acc)), scale(prep(s, acc)), shift(prep(sh, acc)) {}
+  static at::Tensor prep(const OptTensor& t, at::ScalarType acc) {
+    return t.has_value() && t->defined() ? t->to(acc).contiguous() : at::Tensor();
+  }
+  static const acc_t* ptr(const at::Tensor& t) {
+    return t.defined() ? t.data_ptr<acc_t>() : nullptr;
+  }
+  Affine<acc_t> view() const { return {ptr(weight), ptr(bias), ptr(scale), ptr(shift)}; }
+};
+
+void check_inputs(const char* op, const at::Tensor& x, int64_t groups, int64_t channel_dim,
+                  std::initializer_list<const OptTensor*> params) {
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  TORCH_CHECK(channel_dim == 1 || channel_dim == 2, op, ": channel_dim must be 1 or 2");
+  TORCH_CHECK(x.dim() >= channel_dim + 1, op, ": x has too few dims");
+  TORCH_CHECK(groups >= 1 && x.size(channel_dim) % groups == 0, op,
+              ": channels must be divisible by num_groups");
+  for (const OptTensor* p : params) {
+    TORCH_CHECK(!p->has_value() || !(*p)->defined() || (*p)->device() == x.device(), op,
+                ": weight, bias, scale and shift must be on x's device");
+  }
+}
+
+// Runs body(V) with V = 16 / sizeof(scalar_t) when the layout allows 16-byte vectors, else 1.
+template <typename scalar_t, typename F>
+void with_vector_width(bool vec, F&& f) {
+  if (vec) {
+    f(std::integral_constant<int, 16 / sizeof(scalar_t)>());
+  } else {
+    f(std::integral_constant<int, 1>());
+  }
+}
+
+}  // namespace
+}  // namespace cuda
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_fwd_cuda(
+    const at::Tensor& x_in, int64_t G, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& scale, const OptTensor& shift, bool silu, double eps, int64_t channel_dim) {
+  using namespace cuda;
+  check_inputs("group_norm_act_fwd", x_in, G, channel_dim, {&weight, &bias, &scale, &shift});
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = flattenable(x_in, channel_dim);
+  at::Tensor y_result = at::empty_like(x_in);  // the strides the fake kernel promises
+  at::Tensor y = x.is_same(x_in) ? y_result : at::empty_like(x);
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor mean = at::empty({x.size(0), G}, x.options().dtype(acc));
+  at::Tensor rstd = at::empty({x.size(0), G}, x.options().dtype(acc));
+  if (x.numel() == 0) return {y_result, mean.zero_(), rstd.zero_()};
+  const NormLayout l = *layout_of(x, channel_dim);
+  TORCH_INTERNAL_ASSERT(y.strides() == x.strides(), "empty_like of a dense tensor keeps strides");
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  dispatch_floating(x.scalar_type(), "group_norm_act", [&](auto zero) {
+    using scalar_t = decltype(zero);
+    using acc_t = acc_type<scalar_t>;
+    const AffineTensors<acc_t> af(weight, bias, scale, shift, acc);
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    with_vector_width<scalar_t>(vectorisable(l, {&x, &y}, kVec), [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      const int64_t vecs = l.frames * l.spatial / V;
+      const int64_t cpg = l.channels / G;
+      const Plan pl = plan(l, G, vecs, l.frames * cpg * l.spatial * x.element_size());
+      const GnGeom geo = make_geom(l, G, V, pl.nsplit);
+      at::Tensor partial = at::empty({l.batch * l.channels * pl.nsplit * 2}, x.options().dtype(acc));
+      const int64_t units_per_group = cpg * pl.nsplit;
+      for (int64_t g0 = 0; g0 < l.batch * G; g0 += pl.groups_per_wave) {
+        const int64_t groups = std::min(pl.groups_per_wave, l.batch * G - g0);
+        const int64_t unit0 = g0 * units_per_group;
+        const int64_t units = groups * units_per_group;
+        TORCH_CHECK(units < (int64_t{1} << 31), "group_norm_act (CUDA): too many blocks");
+        gn_stats_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), geo, unit0, partial.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        gn_apply_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), geo, af.view(), unit0,
+            partial.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(),
+            static_cast<acc_t>(eps), silu);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  });
+  if (!y.is_same(y_result)) y_result.copy_(y);
+  return {y_result, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_act_bwd_cuda(
+    const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& mean_in,
+    const at::Tensor& rstd_in, int64_t G, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& scale, const OptTensor& shift, bool silu, int64_t channel_dim) {
+  using namespace cuda;
+  check_inputs("group_norm_act_bwd", x_in, G, channel_dim, {&weight, &bias, &scale, &shift});
+  TORCH_CHECK(dy_in.sizes() == x_in.sizes() && dy_in.scalar_type() == x_in.scalar_type() &&
+                  dy_in.device() == x_in.device(),
+              "group_norm_act_bwd: grad_y must match x in shape, dtype and device");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = flattenable(x_in, channel_dim);
+  // grad_y in x's layout, so that one set of strides serves x, grad_y and grad_x
+  const at::Tensor dy = dy_in.strides() == x.strides() ? dy_in : at::empty_like(x).copy_(dy_in);
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t B = x.size(0), C = x.size(channel_dim);
+  TORCH_CHECK(mean_in.scalar_type() == acc && rstd_in.scalar_type() == acc &&
+                  mean_in.numel() == B * G && rstd_in.numel() == B * G,
+              "group_norm_act_bwd: mean and rstd must be [B, G] ", acc);
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  at::Tensor dx_result = at::empty_like(x_in);
+  at::Tensor dx = x.is_same(x_in) ? dx_result : at::empty_like(x);
+  // (sum dz, sum dz xhat) per (b, c): written by the dx kernel, zero for an empty x
+  at::Tensor sums = at::empty({B, C, 2}, x.options().dtype(acc));
+  if (x.numel() == 0) sums.zero_();
+  at::Tensor dweight = at::empty({C}, sums.options());  // all written by gn_param_grads_kernel
+  at::Tensor dbias = at::empty({C}, sums.options());
+  at::Tensor dscale = at::empty({B, C}, sums.options());
+  at::Tensor dshift = at::empty({B, C}, sums.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  dispatch_floating(x.scalar_type(), "group_norm_act", [&](auto zero) {
+    using scalar_t = decltype(zero);
+    using acc_t = acc_type<scalar_t>;
+    const AffineTensors<acc_t> af(weight, bias, scale, shift, acc);
+    if (x.numel() > 0) {
+      const NormLayout l = *layout_of(x, channel_dim);
+      TORCH_INTERNAL_ASSERT(dx.strides() == x.strides() && dy.strides() == x.strides());
+      constexpr int kVec = 16 / sizeof(scalar_t);
+      with_vector_width<scalar_t>(vectorisable(l, {&x, &dy, &dx}, kVec), [&](auto width) {
+        constexpr int V = decltype(width)::value;
+        const int64_t vecs = l.frames * l.spatial / V;
+        const int64_t cpg = C / G;
+        const Plan pl = plan(l, G, vecs, 2 * l.frames * cpg * l.spatial * x.element_size());
+        const GnGeom geo = make_geom(l, G, V, pl.nsplit);
+        at::Tensor partial = at::empty({B * C * pl.nsplit * 2}, x.options().dtype(acc));
+        const acc_t inv_count = acc_t(1) / static_cast<acc_t>(l.frames * cpg * l.spatial);
+        const int64_t units_per_group = cpg * pl.nsplit;
+        for (int64_t g0 = 0; g0 < B * G; g0 += pl.groups_per_wave) {
+          const int64_t groups = std::min(pl.groups_per_wave, B * G - g0);
+          const int64_t unit0 = g0 * units_per_group;
+          const int64_t units = groups * units_per_group;
+          TORCH_CHECK(units < (int64_t{1} << 31), "group_norm_act (CUDA): too many blocks");
+          gn_bwd_sums_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+              dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geo, af.view(),
+              mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), silu, unit0,
+              partial.data_ptr<acc_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          gn_bwd_dx_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+              dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), geo,
+              af.view(), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), silu, unit0,
+              partial.data_ptr<acc_t>(), sums.data_ptr<acc_t>(), inv_count);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    }
+    if (C > 0) {
+      gn_param_grads_kernel<acc_t><<<(C + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          sums.data_ptr<acc_t>(), af.view(), B, static_cast<int>(C), dweight.data_ptr<acc_t>(),
+          dbias.data_ptr<acc_t>(), dscale.data_ptr<acc_t>(), dshift.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  if (!dx.is_same(dx_result)) dx_result.copy_(dx);
+  auto dtype_of = [&](const OptTensor& t) {
+    return t.has_value() && t->defined() ? t->scalar_type() : x.scalar_type();
+  };
+  return {dx_result, dweight.to(dtype_of(weight)), dbias.to(dtype_of(bias)),
+          dscale.to(dtype_of(scale)), dshift.to(dtype_of(shift))};
+}
+
+}  // namespace mmattn
