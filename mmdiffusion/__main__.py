@@ -15,6 +15,11 @@ COMMANDS: dict[str, str] = {
     "synth": "write synthetic sounding-video clips (mp4: H.264 + AAC)",
     "prepare": "decode a folder of videos once into training shards",
     "eval": "score generated samples: FVD/KVD, FAD/KAD, AV synchrony, memorisation (heldout or published protocol)",
+    "train": "train a coupled U-Net (presets or JSON config, --set overrides, resumable, torchrun/DDP)",
+    "sample": "generate audio-video clips from a checkpoint (mp4 + wav + PNG sheets)",
+    "a2v": "audio-to-video: generate video for a given soundtrack (zero-shot conditioning)",
+    "v2a": "video-to-audio: generate sound for a given video (zero-shot conditioning)",
+    "demo": "end-to-end demo: synthetic data, train the demo model, sample, score audio-visual alignment",
 }
 
 

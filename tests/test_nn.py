@@ -174,15 +174,18 @@ def test_group_norm_act_matches_torch():
     torch.testing.assert_close(plain(a), F.group_norm(a, 4, eps=1e-5), rtol=1e-5, atol=1e-5)
 
 
-def test_video_conv_2d_plus_1d_is_spatial_then_temporal():
+@pytest.mark.parametrize("batch", [1, B])
+def test_video_conv_2d_plus_1d_is_spatial_then_temporal(batch):
+    """Published computation (per-frame conv2d, per-pixel conv1d); the result stays in
+    frames-last memory, also for a batch of one (whose batch stride is arbitrary)."""
     torch.manual_seed(0)
     conv = VideoConv(C, 16, 3)
-    x = video()
+    x = video()[:batch]
     y = conv(x)
-    frames = F.conv2d(x.reshape(B * NF, C, H, W), conv.spatial.weight, conv.spatial.bias, padding=1)
-    pixels = frames.view(B, NF, 16, H, W).permute(0, 3, 4, 2, 1).reshape(B * H * W, 16, NF)
+    frames = F.conv2d(x.reshape(batch * NF, C, H, W), conv.spatial.weight, conv.spatial.bias, padding=1)
+    pixels = frames.view(batch, NF, 16, H, W).permute(0, 3, 4, 2, 1).reshape(batch * H * W, 16, NF)
     ref = F.conv1d(pixels, conv.temporal.weight, conv.temporal.bias, padding=1)
-    ref = ref.view(B, H, W, 16, NF).permute(0, 4, 3, 1, 2)
+    ref = ref.view(batch, H, W, 16, NF).permute(0, 4, 3, 1, 2)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     assert is_frames_last(y)
 

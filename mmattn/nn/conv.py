@@ -23,7 +23,8 @@ class VideoConv(nn.Module):
     `kind="3d"`: one `k x k x k` convolution (`conv`, `[Cout, Cin, k, k, k]`).
     The output is in frames-last memory (see `mmattn.nn.layout`): the spatial step runs on a
     channels-last `[B*F, C, H, W]` view and the temporal step as a `(k, 1)` convolution on a
-    channels-last `[B, C, F, H*W]` view, so no layout copy happens between them.
+    channels-last `[B, C, F, H*W]` view, so no layout copy happens between them; a 1x1x1 "3d"
+    convolution is a matrix product over channels (a backend-independent GEMM on that memory).
     """
     streams = "video"
 
@@ -43,14 +44,19 @@ class VideoConv(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         check_video(video, self.in_channels)
         x = frames_last(video)
-        if self.kind == "3d":  # [B, C, F, H, W] channels_last_3d view
-            return self.conv(x.transpose(1, 2)).transpose(1, 2)
+        if self.kind == "3d":
+            if self.conv.kernel_size == (1, 1, 1):  # [B, F, H, W, C] @ [C, Cout]
+                y = F.linear(x.permute(0, 1, 3, 4, 2), self.conv.weight.flatten(1), self.conv.bias)
+                return y.permute(0, 1, 4, 2, 3)
+            return self.conv(x.transpose(1, 2)).transpose(1, 2)  # channels_last_3d [B, C, F, H, W]
         x = unflatten_frames(self.spatial(flatten_frames(x)), x.shape[0])
         h, w = x.shape[-2:]
         t = self.temporal
-        y = F.conv2d(x.transpose(1, 2).flatten(3), t.weight.unsqueeze(-1), t.bias,
-                     padding=(t.padding[0], 0))  # [B, C, F, H*W]
-        return y.unflatten(3, (h, w)).transpose(1, 2)
+        # [B, C, F, H*W]; flattening before transposing keeps a batch of one's stride canonical,
+        # which PyTorch's memory-format heuristics need to see the view as channels-last.
+        y = F.conv2d(x.flatten(3).transpose(1, 2), t.weight.unsqueeze(-1), t.bias,
+                     padding=(t.padding[0], 0))
+        return y.transpose(1, 2).unflatten(3, (h, w))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kind={self.kind!r}"

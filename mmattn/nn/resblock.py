@@ -38,16 +38,17 @@ class _ResBlock(nn.Module):
     `h = conv1(Dropout(SiLU(GN(h) * (1 + scale) + shift)))` with `(scale, shift)` from the
     embedding (or `GN(h + e)` without `use_scale_shift_norm`); output `skip(x) + h`, where
     `skip` is the identity or a 1x1 convolution when the channel count changes. `conv1` starts at
-    zero. The modality enters only through `channel_dim` and the convolution factory.
+    zero. The modality enters only through its channel dim and the convolution factory.
     """
 
     def __init__(self, channels: int, emb_channels: int | None, out_channels: int | None, *,
                  dropout: float, use_scale_shift_norm: bool, resample: str | None,
-                 modality: str, channel_dim: int, conv: ConvFactory, impl: str):
+                 modality: str, conv: ConvFactory, impl: str):
         super().__init__()
         if resample not in RESAMPLE:
             raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
         check_impl(impl)
+        channel_dim = 2 if modality == "video" else 1  # [B, F, C, H, W] or [B, C, L]
         out = out_channels or channels
         self.channels, self.out_channels, self.channel_dim = channels, out, channel_dim
         self.use_scale_shift_norm = use_scale_shift_norm
@@ -93,7 +94,7 @@ class VideoResBlock(_ResBlock):
                  kind: str = "2d+1d", impl: str = "fused"):
         super().__init__(channels, emb_channels, out_channels, dropout=dropout,
                          use_scale_shift_norm=use_scale_shift_norm, resample=resample,
-                         modality="video", channel_dim=2, impl=impl,
+                         modality="video", impl=impl,
                          conv=lambda i, o, k: VideoConv(i, o, k, kind if k > 1 else "3d"))
 
 
@@ -110,7 +111,7 @@ class AudioResBlock(_ResBlock):
                  dilation: int = 1, impl: str = "fused"):
         super().__init__(channels, emb_channels, out_channels, dropout=dropout,
                          use_scale_shift_norm=use_scale_shift_norm, resample=resample,
-                         modality="audio", channel_dim=1, impl=impl,
+                         modality="audio", impl=impl,
                          conv=lambda i, o, k: AudioConv(i, o, k, dilation if k > 1 else 1))
 
 

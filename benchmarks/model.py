@@ -1,0 +1,185 @@
+"""Model benchmark: the paper-64 CoupledUNet with the fused kernels vs `impl="reference"`.
+
+    python -m benchmarks.model [--device cpu|cuda] [--batch N] [--variants fused:fp32,...]
+                               [--repeat N] [--preset paper-64] [--out results.json]
+
+Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
+bfloat16); on CUDA batch 4 with `fused:bf16,reference:bf16`. For each variant: forward
+(inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
+scratch) time, as the median of runs interleaved across variants so that machine noise hits all
+alike, and peak extra memory of one call (CUDA: allocator peak; CPU: peak resident set size,
+reset through /proc/self/clear_refs). On CPU the process CPU time is reported too: on a shared
+machine it tracks the work done far better than wall time (run with `--threads 1` for a
+measure free of thread-synchronisation waits). All variants share one set of random weights.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import device_name, format_table, sync, write_json
+from mmdiffusion.unet import CoupledUNet, UNetConfig
+
+AUTOCAST = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def make_inputs(config: UNetConfig, batch: int, device: torch.device, seed: int = 0):
+    """Random `(video, audio, timesteps)` of the config's shapes."""
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, *config.video_shape, generator=g).to(device)
+    audio = torch.randn(batch, *config.audio_shape, generator=g).to(device)
+    timesteps = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    return video, audio, timesteps
+
+
+def step_functions(model: torch.nn.Module, video: torch.Tensor, audio: torch.Tensor,
+                   timesteps: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """`forward` and `forward+backward` calls of any `model(video, audio, timesteps) ->
+    (video, audio)` (ours or the published `MultimodalUNet`)."""
+    target_v, target_a = torch.randn_like(video), torch.randn_like(audio)
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            return model(video, audio, timesteps)
+
+    def forward_backward():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out_v, out_a = model(video, audio, timesteps)
+        (F.mse_loss(out_v.float(), target_v) + F.mse_loss(out_a.float(), target_a)).backward()
+
+    return {"forward": forward, "forward+backward": forward_backward}
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    seconds: float                # median wall time per call
+    cpu_seconds: float | None     # median process CPU time per call (CPU devices)
+    peak_bytes: int | None        # largest peak extra memory over the timed calls
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak(device: torch.device) -> int | None:
+    """Start a peak-memory window; returns the baseline (bytes) or None if unavailable."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # Linux: resets the peak resident set size (VmHWM) to the current one
+        return _status_kb("VmRSS") * 1024
+    except OSError:
+        return None
+
+
+def _peak(device: torch.device, base: int | None) -> int | None:
+    if base is None:
+        return None
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kb("VmHWM") * 1024
+    return peak - base
+
+
+def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: int,
+            warmup: int = 1) -> dict[str, Measurement]:
+    """Time and peak extra memory of each function, runs interleaved across functions so that
+    machine noise hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[tuple[float, float, int | None]]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            sync(device)
+            base = _reset_peak(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            runs[name].append((time.perf_counter() - wall, time.process_time() - cpu, _peak(device, base)))
+    return {name: Measurement(statistics.median(r[0] for r in rs),
+                              None if device.type == "cuda" else statistics.median(r[1] for r in rs),
+                              None if rs[0][2] is None else max(r[2] for r in rs))
+            for name, rs in runs.items()}
+
+
+def build_variants(config: UNetConfig, variants: list[str], device: torch.device) -> dict[str, CoupledUNet]:
+    """One model per `impl:precision` variant, all with the weights of the first."""
+    models: dict[str, CoupledUNet] = {}
+    for variant in variants:
+        impl, precision = variant.split(":")
+        if precision not in AUTOCAST:
+            raise ValueError(f"precision must be one of {tuple(AUTOCAST)}, got {precision!r} in {variant!r}")
+        torch.manual_seed(0)
+        model = CoupledUNet(dataclasses.replace(config, impl=impl, autocast=AUTOCAST[precision])).to(device)
+        if models:
+            model.load_state_dict(next(iter(models.values())).state_dict())
+        models[variant] = model
+    return models
+
+
+def run(config: UNetConfig, variants: list[str], batch: int, device: torch.device,
+        repeat: int) -> list[dict]:
+    models = build_variants(config, variants, device)
+    video, audio, timesteps = make_inputs(config, batch, device)
+    rows = []
+    for mode in ("forward", "forward+backward"):
+        fns = {v: step_functions(m, video, audio, timesteps)[mode] for v, m in models.items()}
+        results = measure(fns, device, repeat=repeat)
+        reference = {v.split(":")[1]: results[v] for v in variants if v.startswith("reference:")}
+        for variant, r in results.items():
+            ref = reference.get(variant.split(":")[1])
+            rows.append({"variant": variant, "mode": mode, "batch": batch, "seconds": r.seconds,
+                         "cpu_seconds": r.cpu_seconds,
+                         "peak_mb": None if r.peak_bytes is None else r.peak_bytes / 2**20,
+                         "reference_over_ours": None if ref is None else ref.seconds / r.seconds,
+                         "reference_over_ours_cpu": (None if ref is None or r.cpu_seconds is None
+                                                     else ref.cpu_seconds / r.cpu_seconds)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, help="default: 1 on CPU, 4 on CUDA")
+    parser.add_argument("--variants", help="comma-separated impl:precision (precision fp32|bf16|fp16)")
+    parser.add_argument("--repeat", type=int, help="timed runs per variant (default: 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--preset", default="paper-64")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = device.type == "cuda"
+    variants = (args.variants or ("fused:bf16,reference:bf16" if cuda else
+                                  "fused:fp32,reference:fp32,fused:bf16")).split(",")
+    batch = args.batch or (4 if cuda else 1)
+    repeat = args.repeat or (5 if cuda else 1)
+    config = UNetConfig.preset(args.preset)
+    print(f"{args.preset} on {device_name(device)}, batch {batch}, torch {torch.__version__}")
+    rows = run(config, variants, batch, device, repeat)
+    print(format_table(rows, [("variant", "variant", "s"), ("mode", "mode", "s"), ("seconds", "time (s)", ".3f"),
+                              ("cpu_seconds", "CPU time (s)", ".3f"), ("peak_mb", "peak extra memory (MiB)", ".0f"),
+                              ("reference_over_ours", "reference / ours (time)", ".2f"),
+                              ("reference_over_ours_cpu", "reference / ours (CPU time)", ".2f")]))
+    if args.out:
+        write_json(args.out, {"preset": args.preset, "device": device_name(device), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""The training loop: AdamW with warm-up, gradient clipping, EMA, checkpoints, exact resumption, DDP.
+
+Reproducibility. Every random draw of a step is a function of the run's seed and the step:
+
+* the clips come from `BatchPlan` (seeded by `(seed, epoch)`), read by a DataLoader with its own
+  generator;
+* timesteps and noise of global sample `j` at step `s` come from a generator seeded by
+  `(seed, s, j)`, so they do not depend on how the batch is split over ranks;
+* draws inside the model (RS-MMA shifts, dropout) use torch's global generator, seeded identically
+  on every rank and saved in checkpoints.
+
+A checkpoint holds the U-Net, EMA, optimiser, step, data position and all global RNG states, so a
+run killed at any point and restarted continues bit-identically (on CPU; CUDA kernels may be
+non-deterministic). Data-parallel ranks stay identical: gradients are averaged by DDP, and with
+dropout off the result matches one process with the same global batch up to float summation order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..diffusion import GaussianDiffusion
+from ..ema import EMA
+from .config import TrainConfig
+from .data import BatchPlan, audio_scale, build_dataset, derived_seed
+from .distributed import DistContext, all_reduce_mean, init_distributed
+from .model import Patched, build_model
+
+__all__ = ["Trainer", "NonFiniteLossError", "CHECKPOINT_FORMAT", "learning_rate"]
+
+CHECKPOINT_FORMAT = "mmdiffusion-train/1"
+# Config sections that must match to resume a run (the rest, e.g. steps or lr, may change).
+RESUME_KEYS = ("data", "model", "diffusion", "ema", "batch_size", "seed")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN or infinite; training stopped before the update."""
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warm-up over `warmup_steps`, then
+    constant or cosine decay to 0 at `steps`."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_decay == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr
+
+
+def _seed_globals(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Trainer:
+    """Trains `config` into the folder `out` (`config.json`, `metrics.jsonl`, `checkpoints/`).
+
+    With a checkpoint already in `out/checkpoints`, the run resumes from the newest one (its
+    `RESUME_KEYS` must match `config`). Under `torchrun` every rank builds a Trainer; rank 0 writes
+    files. `device=None`: `cuda:<LOCAL_RANK>` when available, else the CPU.
+    """
+
+    def __init__(self, config: TrainConfig, out: str | Path, *, device: str | torch.device | None = None,
+                 progress: bool = True) -> None:
+        self.config, self.out = config, Path(out)
+        self.ctx: DistContext = init_distributed(device)
+        self.device = self.ctx.device
+        self.progress = progress and self.ctx.is_main
+        self.ckpt_dir = self.out / "checkpoints"
+        _seed_globals(config.seed)
+
+        latest = latest_checkpoint(self.ckpt_dir)
+        self.dataset = build_dataset(config.data, seed=config.seed, progress=self.progress)
+        self.audio_scale = 1.0 if latest else audio_scale(self.dataset, config.data.audio_rms)  # else: resumed
+        self.plan = BatchPlan(len(self.dataset), config.batch_size, seed=config.seed,
+                              rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.model: Patched = build_model(config, self.device)
+        self.net: nn.Module = self.model.net
+        self.train_model: nn.Module = (DistributedDataParallel(self.model, device_ids=[self.device]
+                                                               if self.device.type == "cuda" else None)
+                                       if self.ctx.distributed else self.model)
+        self.diffusion = GaussianDiffusion(config.diffusion.num_steps, config.diffusion.schedule,
+                                           config.diffusion.prediction)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay)
+        self.ema = EMA(self.net, kind=config.ema.kind, rates=config.ema.rates)
+        self.step = 0
+        self.position = (0, 0)
+        self.resumed_from: Path | None = None
+        if latest is not None:
+            self._resume(latest)
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(config.to_json())
+            self._trim_metrics()
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint stores (see the module docstring)."""
+        epoch, index = self.position
+        return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_json(),
+                "audio_scale": self.audio_scale, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+                "data": {"epoch": epoch, "index": index}}
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0; other ranks wait for it)."""
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), keep_last=self.config.keep_last)
+        if self.ctx.distributed:
+            dist.barrier()
+        return path
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        saved, current = json.loads(state["config"]), json.loads(self.config.to_json())
+        differ = [key for key in RESUME_KEYS if saved[key] != current[key]]
+        if differ:
+            raise ValueError(f"cannot resume from {path}: config differs in {differ}; use another --out "
+                             f"folder or the run's own config ({self.out / 'config.json'})")
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.audio_scale = float(state["audio_scale"])
+        self.step = int(state["step"])
+        self.position = (int(state["data"]["epoch"]), int(state["data"]["index"]))
+        set_rng_state(state["rng"])
+        self.resumed_from = path
+
+    def _trim_metrics(self) -> None:
+        """Drop log lines of steps after the resumed checkpoint (they are trained again) and a last
+        line cut short by a crash."""
+        log = self.out / "metrics.jsonl"
+        if not log.exists():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        log.write_text("".join(line + "\n" for line in kept))
+
+    # --------------------------------------------------------------------------------- training
+    def _noise(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Timesteps `[b]` and noise for this rank's samples, keyed by `(seed, step, global index)`."""
+        generator = torch.Generator(self.device)
+        first = self.ctx.rank * self.plan.local_batch
+        t, noise_v, noise_a = [], [], []
+        for j in range(video.shape[0]):
+            generator.manual_seed(derived_seed(self.config.seed, self.step, first + j))
+            t.append(torch.randint(self.diffusion.num_steps, (1,), generator=generator, device=self.device))
+            noise_v.append(torch.randn(video.shape[1:], generator=generator, device=self.device, dtype=video.dtype))
+            noise_a.append(torch.randn(audio.shape[1:], generator=generator, device=self.device, dtype=audio.dtype))
+        return torch.cat(t), (torch.stack(noise_v), torch.stack(noise_a))
+
+    def train_step(self, video: torch.Tensor, audio: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on this rank's clips (`video [b, F, 3, S, S]`, `audio [b, 1, L]`, data
+        units); returns the rank-averaged loss terms, gradient norm and learning rate."""
+        video = video.to(self.device, non_blocking=True)
+        audio = audio.to(self.device, non_blocking=True) * self.audio_scale
+        t, noise = self._noise(video, audio)
+        lr = learning_rate(self.config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts = self.diffusion.training_loss(self.train_model, video, audio, t=t, noise=noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.grad_clip if self.config.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+        stats = all_reduce_mean(torch.stack([loss.detach(), parts["video"].detach(), parts["audio"].detach()]).float())
+        values = dict(zip(("loss", "loss_video", "loss_audio"), stats.tolist()), grad_norm=float(grad_norm), lr=lr)
+        if not all(math.isfinite(v) for v in values.values()):
+            last = latest_checkpoint(self.ckpt_dir)
+            raise NonFiniteLossError(
+                f"non-finite training values at step {self.step + 1}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+                + f". Weights were not updated. Last good checkpoint: {last or 'none yet'}. "
+                  "Try a lower lr, a longer warm-up or gradient clipping.")
+        self.optimizer.step()
+        self.step += 1
+        self.ema.update(self.net, self.step)
+        return values
+
+    def fit(self) -> Path | None:
+        """Train until `config.steps`; returns the final checkpoint's path (None on ranks > 0)."""
+        cfg = self.config
+        log = (self.out / "metrics.jsonl").open("a") if self.ctx.is_main else None
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
+        window: list[dict[str, float]] = []
+        tick = time.perf_counter()
+        try:
+            while self.step < cfg.steps:
+                epoch, index = self.position
+                for video, audio in self.plan.loader(self.dataset, epoch, index, workers=cfg.data.workers):
+                    window.append(self.train_step(video, audio))
+                    index += 1
+                    self.position = (epoch, index) if index < self.plan.batches_per_epoch else (epoch + 1, 0)
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        now = time.perf_counter()
+                        entry = {"step": self.step, **{k: sum(w[k] for w in window) / len(window) for k in window[0]},
+                                 "samples_per_s": len(window) * cfg.batch_size / (now - tick)}
+                        window, tick = [], now
+                        bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                        if log is not None:
+                            log.write(json.dumps(entry) + "\n")
+                            log.flush()
+                    if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                        self.save()
+                    if self.step >= cfg.steps:
+                        break
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        return latest_checkpoint(self.ckpt_dir) if self.ctx.is_main else None
