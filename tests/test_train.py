@@ -259,3 +259,19 @@ def test_trains_on_real_clip_folders(tmp_path, kind, one_thread):
     assert len(trainer.dataset) == 3 and 1 < trainer.audio_scale < 10
     trainer.fit()
     assert load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))["step"] == 2
+
+
+def test_gradient_checkpointing_changes_nothing_and_bf16_runs(tmp_path, one_thread):
+    """Recomputation reuses the RS-MMA shifts and RNG state: the weights are bit-identical."""
+    base = apply_overrides(load_config("micro"), {"steps": 2})
+    runs = {}
+    for name, overrides in (("plain", {}), ("checkpointed", {"grad_checkpointing": True}),
+                            ("bf16", {"precision": "bf16"})):
+        trainer = Trainer(apply_overrides(base, overrides), tmp_path / name, progress=False)
+        trainer.fit()
+        runs[name] = trainer.net
+    assert runs["checkpointed"].config.use_checkpoint and runs["bf16"].config.autocast == "bfloat16"
+    for (name, a), b in zip(runs["plain"].state_dict().items(), runs["checkpointed"].state_dict().values()):
+        assert torch.equal(a, b), name
+    logged = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(logged["loss"]) and logged["loss"] > 0

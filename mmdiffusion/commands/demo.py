@@ -56,8 +56,9 @@ def main(args: argparse.Namespace) -> int:
 
     run = args.out / "run"
     trainer = Trainer(config, run, device="cpu", progress=progress)
+    resumed = f", resuming at step {trainer.step}" if trainer.resumed_from else ""
     print(f"demo: training {config.steps} steps (batch {config.batch_size}) on {len(trainer.dataset)} synthetic "
-          f"clips, {sum(p.numel() for p in trainer.net.parameters()):,} parameters -> {run}")
+          f"clips, {sum(p.numel() for p in trainer.net.parameters()):,} parameters -> {run}{resumed}")
     trainer.fit()
     trained = time.perf_counter()
     del trainer
