@@ -1,20 +1,21 @@
 """Model benchmark: the paper-64 CoupledUNet with the fused kernels vs `impl="reference"`.
 
     python -m benchmarks.model [--device cpu|cuda] [--batch N] [--variants fused:fp32,...]
-                               [--repeat N] [--preset paper-64] [--out results.json]
+                               [--repeat N] [--threads N] [--preset paper-64] [--out results.json]
 
 Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
 bfloat16); on CUDA batch 4 with `fused:bf16,reference:bf16`. For each variant: forward
 (inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
-scratch) time, as the median of runs interleaved across variants so that machine noise hits all
-alike, and peak extra memory of one call (CUDA: allocator peak; CPU: peak resident set size,
-reset through /proc/self/clear_refs). On CPU the process CPU time is reported too: on a shared
-machine it tracks the work done far better than wall time (run with `--threads 1` for a
-measure free of thread-synchronisation waits). All variants share one set of random weights.
+scratch) time, as the median of runs interleaved across variants so that machine noise hits
+all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
+size over the resident size before the call, after glibc's malloc_trim; Linux only). On CPU
+the process CPU time is reported too: on a shared machine it tracks the work done far better
+than wall time. All variants share one set of random weights.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import statistics
 import time
@@ -80,6 +81,7 @@ def _reset_peak(device: torch.device) -> int | None:
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
     try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages, so RSS = memory in use
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")  # Linux: resets the peak resident set size (VmHWM) to the current one
         return _status_kb("VmRSS") * 1024

@@ -232,6 +232,7 @@ class CoupledUNet(nn.Module):
 
     def _check_inputs(self, video: torch.Tensor, audio: torch.Tensor, timesteps: torch.Tensor,
                       y: torch.Tensor | None) -> torch.Tensor:
+        """Raise ValueError on inputs this model cannot take; return `timesteps` as `[B]`."""
         cfg = self.config
         check_video(video)
         check_audio(audio)
