@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmattn import _C  # noqa: F401  (registers torch.ops.mmattn)
+from mmattn import _C  # registers torch.ops.mmattn
 
 __all__ = ["rs_attention", "group_norm_act"]
 
@@ -102,6 +102,12 @@ def rs_attention(q_video: torch.Tensor, k_video: torch.Tensor, v_video: torch.Te
     if (q_audio.shape[0], q_audio.shape[1], q_audio.shape[3]) != (b, h, d):
         raise ValueError(f"q_audio must share B, H, D = {b}, {h}, {d} with q_video, "
                          f"got shape {tuple(q_audio.shape)}")
+    if q_video.is_cuda and d > _C.cuda_max_head_dim:
+        raise ValueError(f"head_dim D={d} (last dim of q_video and q_audio) is not supported on CUDA: "
+                         f"need D <= {_C.cuda_max_head_dim} (D = 32, 64, 128 run on tensor cores)")
+    if q_video.is_cuda and b * h > 65535:
+        raise ValueError(f"B * H = {b} * {h} of q_video exceeds 65535, the most the CUDA kernels take; "
+                         "split the batch")
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"frames must be a positive int, got {frames!r}")
     if n % frames != 0 or n == 0:

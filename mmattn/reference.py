@@ -89,7 +89,14 @@ def rs_attention_dense(q_video, k_video, v_video, q_audio, k_audio, v_audio, *,
 
 def group_norm_act_reference(x, num_groups: int, weight=None, bias=None, *, scale=None, shift=None,
                              act: str | None = "silu", eps: float = 1e-5, channel_dim: int = 1):
-    """Eager GroupNorm -> FiLM -> SiLU; `channel_dim=2` permutes `[B, F, C, *S]` to `[B, C, F, *S]`."""
+    """Eager GroupNorm -> FiLM -> SiLU; `channel_dim=2` permutes `[B, F, C, *S]` to `[B, C, F, *S]`.
+
+    Computes in the widest dtype of x and the parameters (bf16 x with float32 parameters: in
+    float32, as a mixed-precision model's GroupNorm does) and returns x's dtype."""
+    out_dtype = x.dtype
+    for p in (weight, bias, scale, shift):
+        if p is not None:
+            x = x.to(torch.promote_types(x.dtype, p.dtype))
     if channel_dim == 2:
         x = x.movedim(1, 2)  # [B, C, F, *S]: statistics over F and S, as the published rearrange
     y = F.group_norm(x, num_groups, weight, bias, eps)
@@ -103,4 +110,4 @@ def group_norm_act_reference(x, num_groups: int, weight=None, bias=None, *, scal
         y = F.silu(y)
     if channel_dim == 2:
         y = y.movedim(2, 1)
-    return y
+    return y.to(out_dtype)

@@ -20,7 +20,7 @@
 
 namespace mmattn::cuda {
 
-constexpr int kMaxGenericHeadDim = 256;
+constexpr int kMaxGenericHeadDim = kCudaMaxHeadDim;
 
 // Rows of a [B, H, N, D] tensor with unit D stride: element strides of B, H and N.
 struct RowsArg {

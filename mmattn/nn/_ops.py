@@ -7,14 +7,11 @@ construction; a model passes one value to all of its blocks.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 import mmattn
 from mmattn import reference
 
-Impl = Literal["fused", "reference"]
 IMPLS: tuple[str, ...] = ("fused", "reference")
 
 
