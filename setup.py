@@ -55,7 +55,7 @@ def extension():
         return cpp_extension.CppExtension(
             "mmattn._C", cpu_sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags}, py_limited_api=False)
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     print(f"mmattn: building with CUDA for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     ext = cpp_extension.CUDAExtension(
         "mmattn._C", cpu_sources + cuda_sources,

@@ -99,6 +99,14 @@ def _encode(container: av.container.OutputContainer, stream: av.stream.Stream, f
         container.mux(stream.encode(frame))
 
 
+AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+def aac_rate(sample_rate: int) -> int:
+    """The lowest common AAC sample rate >= `sample_rate` (8 kHz .. 96 kHz)."""
+    return min((r for r in AAC_RATES if r >= sample_rate), default=AAC_RATES[-1])
+
+
 def write_video(
     path: str | Path,
     video: torch.Tensor,
@@ -113,7 +121,8 @@ def write_video(
     `audio` `[C, L]` (C in 1, 2) to an mp4/mkv/mov file: H.264 yuv420p (`video_codec()`) + AAC.
 
     `fps` may be fractional: `Fraction(30000, 1001)` (or its float) for NTSC's 29.97. Frame `k`
-    has presentation time `k / fps` and audio sample `n` time `n / sample_rate`.
+    has presentation time `k / fps` and audio sample `n` time `n / sample_rate`. Audio at a rate
+    AAC lacks (e.g. 4.8 kHz) is resampled to `aac_rate(sample_rate)`.
     """
     path = Path(path)
     if path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
@@ -127,7 +136,12 @@ def write_video(
     rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
     if rate <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    samples = None if audio is None else _check_audio(audio).detach().float().clamp(-1, 1).cpu().numpy()
+    samples = None
+    if audio is not None:
+        audio = _check_audio(audio).detach().float().cpu()
+        if sample_rate not in AAC_RATES:
+            audio, sample_rate = AF.resample(audio, sample_rate, aac_rate(sample_rate)), aac_rate(sample_rate)
+        samples = audio.clamp(-1, 1).numpy()
     codec = codec or video_codec()
     with av.open(str(path), mode="w") as container:
         options = {"crf": str(crf)} if codec == "libx264" else {}

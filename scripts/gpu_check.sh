@@ -31,6 +31,7 @@ PY=${PYTHON:-python3}
 export PATH="$PATH:${CUDA_HOME:-/usr/local/cuda}/bin"  # nvcc, compute-sanitizer
 BUDGET=${GPU_CHECK_BUDGET:-450}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build, also for scripts run from $OUTDIR
 START=$SECONDS
 STATUS="$OUTDIR/status.txt"
 : > "$STATUS"

@@ -61,6 +61,16 @@ def test_write_video_round_trip(tmp_path, suffix, fps, sample_rate, channels):
     assert first_onset(clip.audio, sample_rate) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_write_video_resamples_audio_at_a_rate_aac_lacks(tmp_path):
+    assert media.aac_rate(4800) == 8000 and media.aac_rate(16000) == 16000 and media.aac_rate(200000) == 96000
+    path = media.write_video(tmp_path / "clip.mp4", ramp_video(16, 16, 16), clicks(1.6, 4800, [0.8]), 10, 4800)
+    info = media.probe(path)
+    assert info.sample_rate == 8000 and info.duration == pytest.approx(1.6, abs=0.05)
+    clip = media.read_clip(path, 0.0, None, 10.0, None, 4800)
+    assert clip.audio.shape == (1, 7680)
+    assert first_onset(clip.audio, 4800) == pytest.approx(0.8, abs=2e-3)  # the click keeps its time
+
+
 def test_mpeg4_fallback_codec_round_trip(tmp_path):
     path = media.write_video(tmp_path / "m.mp4", ramp_video(12), clicks(1.2, 16000, [0.5]), 10, 16000,
                              codec="mpeg4")

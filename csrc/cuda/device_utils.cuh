@@ -203,7 +203,7 @@ void dispatch_floating(c10::ScalarType t, const char* op, F&& f) {
     case c10::ScalarType::Double: f(double{}); break;
     case c10::ScalarType::BFloat16: f(c10::BFloat16{}); break;
     case c10::ScalarType::Half: f(c10::Half{}); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype (need float32, float64, bfloat16 or float16)");
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", t);
   }
 }
 

@@ -527,7 +527,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
   const int64_t B = x.size(0), C = x.size(channel_dim);
   TORCH_CHECK(mean_in.scalar_type() == acc && rstd_in.scalar_type() == acc &&
                   mean_in.numel() == B * G && rstd_in.numel() == B * G,
-              "group_norm_act_bwd: mean and rstd must be [B, G] in float32 (float64 for float64 x)");
+              "group_norm_act_bwd: mean and rstd must be [B, G] ", acc);
   const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   at::Tensor dx_result = at::empty_like(x_in);
   at::Tensor dx = x.is_same(x_in) ? dx_result : at::empty_like(x);

@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-import torchaudio.functional as AF
 
 from .. import media
 from ..checkpoint import latest_checkpoint, load_checkpoint
@@ -25,10 +24,9 @@ from .config import TrainConfig
 from .model import Patched, build_model
 from .trainer import CHECKPOINT_FORMAT
 
-__all__ = ["TrainedModel", "load_trained", "write_samples", "aac_rate", "read_condition_audio",
+__all__ = ["TrainedModel", "load_trained", "write_samples", "read_condition_audio",
            "read_condition_video", "spectrogram_image"]
 
-AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
 
 @dataclass
@@ -145,24 +143,17 @@ def spectrogram_image(audio: torch.Tensor, *, window: int = 256, height: int = 9
     return (image * 255).round().to(torch.uint8).numpy()
 
 
-def aac_rate(sample_rate: int) -> int:
-    """The lowest common AAC sample rate >= `sample_rate` (8 kHz .. 96 kHz)."""
-    return min((r for r in AAC_RATES if r >= sample_rate), default=AAC_RATES[-1])
-
-
 def write_samples(out: str | Path, video: torch.Tensor, audio: torch.Tensor, fps: float, sample_rate: int,
                   *, prefix: str = "sample") -> dict[str, list[Path] | Path]:
     """Write clip `i` of `video [N, F, 3, S, S]` / `audio [N, 1, L]` as `<prefix>-<i>.mp4` (H.264 +
-    AAC; the audio is resampled to `aac_rate(sample_rate)` when AAC lacks the model's rate) and as
+    AAC; the audio is resampled to `media.aac_rate(sample_rate)` when AAC lacks the model's rate) and as
     `.wav` (the model's rate), plus `<prefix>-sheet.png` (frames, one row per clip) and
     `<prefix>-spectrograms.png` (one row per clip). Returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, list[Path] | Path] = {"mp4": [], "wav": []}
-    mp4_rate = aac_rate(sample_rate)
-    mp4_audio = audio if mp4_rate == sample_rate else AF.resample(audio.float(), sample_rate, mp4_rate).clamp(-1, 1)
     for i, (v, a) in enumerate(zip(video, audio)):
-        paths["mp4"].append(write_video(out / f"{prefix}-{i:03d}.mp4", v, mp4_audio[i], fps, mp4_rate))
+        paths["mp4"].append(write_video(out / f"{prefix}-{i:03d}.mp4", v, a, fps, sample_rate))
         paths["wav"].append(write_wav(out / f"{prefix}-{i:03d}.wav", a, sample_rate))
     paths["sheet"] = write_png(out / f"{prefix}-sheet.png", contact_sheet(video))
     rows = [spectrogram_image(a) for a in audio]
