@@ -394,6 +394,31 @@ def _decode_audio(container: av.container.InputContainer, start: float, length: 
     return audio[:, margin:margin + length].clamp(-1, 1).contiguous()
 
 
+def read_video(path: str | Path, start: float, frames: int | None, fps: float,
+               size: int | None) -> tuple[torch.Tensor, float]:
+    """`frames` frames at `fps` (uint8 `[F, 3, S, S]`, resized and centre-cropped to `size`; `None`:
+    native size; `frames=None`: to the end) from the first frame at or after `start` seconds, and
+    that frame's timestamp. Any audio is ignored. Raises `MediaError` or a PyAV error on bad input."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise MediaError("no video stream")
+        return _decode_video(container, start, frames, fps, size)
+
+
+def read_audio(path: str | Path, start: float, length: int, sample_rate: int) -> torch.Tensor:
+    """Mono audio `[1, length]` float32 from `start` seconds of any audio or video file, resampled to
+    `sample_rate`. Raises `MediaError` when the file ends before `start + length / sample_rate`."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise MediaError("no audio stream")
+        duration = container.duration / av.time_base if container.duration else None
+        end = start + length / sample_rate
+        if duration is not None and end > duration + 1e-3:
+            raise MediaError(f"the file lasts {duration:.3f}s; {length} samples at {sample_rate} Hz from "
+                             f"{start:.3f}s need {end:.3f}s")
+        return _decode_audio(container, start, length, sample_rate)
+
+
 def read_clip(path: str | Path, start: float, frames: int | None, fps: float, size: int | None,
               sample_rate: int) -> Clip:
     """Decode `frames` frames at `fps` starting at the first frame at or after `start` (seconds),

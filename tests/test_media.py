@@ -113,6 +113,24 @@ def test_read_clip_errors(tmp_path):
         media.probe(tmp_path / "bad.mp4")
 
 
+def test_read_audio_and_read_video(tmp_path):
+    path = media.write_video(tmp_path / "c.mp4", ramp_video(20), clicks(2.0, 16000, [0.5]), 10, 16000)
+    wav = media.write_wav(tmp_path / "c.wav", clicks(2.0, 16000, [0.5]), 16000)
+    for source in (path, wav):  # audio from a video file or a wav, resampled
+        audio = media.read_audio(source, 0.25, 8000, 8000)
+        assert audio.shape == (1, 8000) and first_onset(audio, 8000) == pytest.approx(0.25, abs=2e-3)
+        with pytest.raises(media.MediaError, match="lasts 2.0"):
+            media.read_audio(source, 1.5, 8000, 8000)
+    frames, t0 = media.read_video(path, 0.5, 8, 10, 16)
+    assert frames.shape == (8, 3, 16, 16) and t0 == pytest.approx(0.5, abs=1e-3)
+    assert torch.equal(frame_index(frames), torch.arange(5, 13))
+    with pytest.raises(media.MediaError, match="no video"):
+        media.read_video(wav, 0.0, 8, 10, 16)
+    silent = media.write_video(tmp_path / "silent.mp4", ramp_video(10), None, 10, 16000)
+    with pytest.raises(media.MediaError, match="no audio"):
+        media.read_audio(silent, 0.0, 100, 16000)
+
+
 def test_write_video_validates_arguments(tmp_path):
     with pytest.raises(ValueError, match="even"):
         media.write_video(tmp_path / "a.mp4", torch.zeros(2, 3, 31, 32))

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
@@ -166,22 +165,11 @@ def write_samples(out: str | Path, video: torch.Tensor, audio: torch.Tensor, fps
 def read_condition_audio(path: str | Path, model: TrainedModel, start: float = 0.0) -> torch.Tensor:
     """Mono audio `[1, L]` of one clip's duration from `start` seconds of any audio or video file,
     resampled to the model's rate."""
-    length = model.audio_shape[1]
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path} has no audio stream")
-        duration = container.duration / av.time_base if container.duration else None
-        if duration is not None and start + length / model.sample_rate > duration + 1e-3:
-            raise ValueError(f"{path} lasts {duration:.3f}s; a clip from {start:.3f}s needs "
-                             f"{start + length / model.sample_rate:.3f}s")
-        return media._decode_audio(container, start, length, model.sample_rate)
+    return media.read_audio(path, start, model.audio_shape[1], model.sample_rate)
 
 
 def read_condition_video(path: str | Path, model: TrainedModel, start: float = 0.0) -> torch.Tensor:
     """Video `[F, 3, S, S]` in [-1, 1] of one clip from `start` seconds of a video file (with or
     without sound), resampled to the model's fps, resized and centre-cropped."""
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        frames, _ = media._decode_video(container, start, model.frames, model.fps, model.config.data.size)
+    frames, _ = media.read_video(path, start, model.frames, model.fps, model.config.data.size)
     return media.from_uint8(frames)
