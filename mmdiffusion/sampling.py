@@ -318,6 +318,7 @@ class _ModelFn:
     y: Tensor | None
     null_y: Tensor | None
     cfg_scale: Pair  # (video, audio) floats
+    clip_x0: Pair | None = None  # (video, audio) bounds of the clean-data estimate
 
     def __call__(self, x: Pair, i: int) -> Pair:
         t_value, batch = self.sched.t[i], x.video.shape[0]
@@ -333,7 +334,8 @@ class _ModelFn:
             cond, uncond = both.map(lambda v: v[:batch]), both.map(lambda v: v[batch:])
             out = uncond.map(lambda u, c, w: u + w * (c - u), cond, self.cfg_scale)
         out = out.map(lambda p, v: p.to(v.dtype), x)
-        return self.diffusion.predict_x0(x, out, self.sched.alpha[i], self.sched.sigma[i])
+        x0 = self.diffusion.predict_x0(x, out, self.sched.alpha[i], self.sched.sigma[i])
+        return x0 if self.clip_x0 is None else x0.map(lambda v, c: v.clamp(-c, c), self.clip_x0)
 
 
 def _denoiser(model_fn: _ModelFn, cond: _Conditioner | None, callback: Callable[[dict], None] | None) -> Denoiser:
@@ -410,6 +412,7 @@ def sample(
     null_y: int | Tensor | None = None,
     model_kwargs: dict[str, Any] | None = None,
     noise: tuple[Tensor, Tensor] | None = None,
+    clip_x0: float | tuple[float, float] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
@@ -443,6 +446,9 @@ def sample(
             ``model.null_class`` as on :class:`~mmdiffusion.CoupledUNet`). Both predictions come
             from one model call on a doubled batch, so ``model_kwargs`` must not hold per-sample tensors.
         noise: initial ``(video, audio)`` state at ``t_0``; drawn from ``generator`` when ``None``.
+        clip_x0: clamp the clean-data estimate to ``[-c, c]`` at every step (one float or
+            ``(video_c, audio_c)``): ``1.0`` for data in [-1, 1] is the published code's
+            ``clip_denoised=True``; ``None`` (default) leaves it as the model predicts it.
         device: default: the model's parameters' device, else CPU.
 
     Returns:
@@ -479,7 +485,12 @@ def sample(
         x = x.map(lambda v: v.to(device=device, dtype=dtype))
 
     y, null, scales = _class_labels(model, y, null_y, cfg_scale, batch, device)
-    model_fn = _ModelFn(model, diffusion, sched, dict(model_kwargs or {}), y, null, scales)
+    clip = None
+    if clip_x0 is not None:
+        clip = Pair(*((float(clip_x0),) * 2 if isinstance(clip_x0, (int, float)) else map(float, clip_x0)))
+        if not all(c > 0 for c in clip):
+            raise ValueError(f"clip_x0 must be positive: a float or (video_c, audio_c), got {clip_x0!r}")
+    model_fn = _ModelFn(model, diffusion, sched, dict(model_kwargs or {}), y, null, scales, clip)
     cond = None if condition is None else _Conditioner.resolve(condition, x, generator)
     x = SAMPLERS[sampler](_denoiser(model_fn, cond, callback), x, sched,
                           generator=generator, progress=progress, **options)

@@ -36,7 +36,7 @@ def test_train_sample_a2v_v2a(tmp_path, capsys):
                      "--out", str(run), "--no-progress"]) == 0
         assert (run / "config.json").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
         common = ["--steps", "2", "--no-progress"]
-        assert main(["sample", str(run), "--n", "2", "--out", str(samples), *common]) == 0
+        assert main(["sample", str(run), "--n", "2", "--out", str(samples), "--clip-x0", *common]) == 0
         a2v_args = ["a2v", str(run / "checkpoints" / "ckpt-00000002.pt"), str(samples / "sample-000.wav")]
         assert main([*a2v_args, "--out", str(a2v), *common]) == 0
         assert main(["v2a", str(run), str(samples / "sample-001.mp4"), "--out", str(v2a), "--n", "2",

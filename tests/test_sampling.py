@@ -420,3 +420,21 @@ def test_bad_inputs_raise_clear_errors(data, diffusion):
 def test_defaults_and_exports():
     assert DEFAULT_STEPS == {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 20, "dpmpp-3m": 20, "unipc": 20}
     assert mmdiffusion.sample is sample and mmdiffusion.Condition is Condition
+
+
+# ------------------------------------------------------------------------------------ x0 clipping
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m", "unipc"])
+def test_clip_x0_bounds_the_clean_estimate_per_modality(sampler):
+    """A model whose clean-data estimate is 5 everywhere: deterministic samplers end on it, and on
+    the clipping bound with clip_x0 (one bound per modality)."""
+    d = GaussianDiffusion(schedule="cosine", prediction="x0")
+    model = lambda v, a, t: (torch.full_like(v, 5.0), torch.full_like(a, 5.0))  # noqa: E731
+    shapes = ((2, *VIDEO), (2, *AUDIO))
+    kwargs = dict(sampler=sampler, steps=8, progress=False, generator=torch.Generator().manual_seed(0))
+    video, audio = sample(model, d, *shapes, **kwargs)
+    torch.testing.assert_close(video, torch.full_like(video, 5.0))
+    video, audio = sample(model, d, *shapes, clip_x0=(1.0, 2.5), **kwargs)
+    torch.testing.assert_close(video, torch.ones_like(video))
+    torch.testing.assert_close(audio, torch.full_like(audio, 2.5))
+    with pytest.raises(ValueError, match="clip_x0"):
+        sample(model, d, *shapes, clip_x0=0.0, **kwargs)

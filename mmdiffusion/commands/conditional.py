@@ -43,7 +43,8 @@ def conditional_command(given: Literal["audio", "video"]) -> tuple[Callable[[arg
         except (ValueError, *READ_ERRORS) as error:
             raise SystemExit(f"{name}: cannot read {args.input}: {error}")
         video, audio = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                    method=args.method, scale=args.scale, progress=not args.no_progress,
+                                    method=args.method, scale=args.scale, clip_x0=args.clip_x0,
+                                    progress=not args.no_progress,
                                     **{given: clip})
         report(write_samples(args.out, video, audio, model.fps, model.sample_rate, prefix=name),
                f"{name}: {generated} for {args.input}")

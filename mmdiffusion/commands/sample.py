@@ -26,6 +26,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema-index", type=int, default=0, help="which EMA rate of the run (default 0)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device (default: cuda if available)")
+    parser.add_argument("--clip-x0", action="store_true",
+                        help="clamp each step's clean-data estimate to the data range (clip_denoised)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -57,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
 
     model = load(args)
     video, audio = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                progress=not args.no_progress)
+                                clip_x0=args.clip_x0, progress=not args.no_progress)
     paths = write_samples(args.out, video, audio, model.fps, model.sample_rate)
     report(paths, f"sample: {model.path} (step {model.step}, {args.weights} weights)")
     return 0

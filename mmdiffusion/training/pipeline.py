@@ -64,13 +64,14 @@ class TrainedModel:
 
     def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                video: torch.Tensor | None = None, audio: torch.Tensor | None = None,
-               method: str = "replacement", scale: float = 1.0,
+               method: str = "replacement", scale: float = 1.0, clip_x0: bool = False,
                progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` clips `(video [n, F, 3, S, S] in [-1, 1], audio [n, 1, L] in [-1, 1])`.
 
         Given `video` `[F, 3, S, S]` (or `[n, ...]`) and/or `audio` `[1, L]` (or `[n, ...]`) in data
         units, the other modality is generated for them (zero-shot `Condition` with `method` and
-        `scale`). `sampler` / `steps` default to the run's `sampler` / `sample_steps`.
+        `scale`). `sampler` / `steps` default to the run's `sampler` / `sample_steps`. `clip_x0`
+        keeps every step's clean-data estimate inside the data range (`sample(clip_x0=...)`).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -92,7 +93,7 @@ class TrainedModel:
         out_video, out_audio = sample(
             self.model, self.diffusion, video_shape, audio_shape, sampler=sampler or self.config.sampler,
             steps=steps or self.config.sample_steps, generator=torch.Generator(device).manual_seed(seed),
-            condition=condition, progress=progress)
+            condition=condition, progress=progress, clip_x0=(1.0, self.audio_scale) if clip_x0 else None)
         return out_video.clamp(-1, 1), (out_audio / self.audio_scale).clamp(-1, 1)
 
 
