@@ -158,6 +158,7 @@ Mat<acc_t> rows_to_write(const Mat<scalar_t>& dst, int64_t begin, int64_t rows, 
   }
 }
 
+// Writes rows computed in a buffer by `rows_to_write` back to `dst` (nothing to do in place).
 template <typename acc_t, typename scalar_t>
 void write_rows(const Mat<acc_t>& src, int64_t rows, int64_t d, const Mat<scalar_t>& dst,
                 int64_t begin) {
@@ -178,14 +179,13 @@ struct QueryBlock {
 // The keys (or values) of a block, range by range, as acc_t rows.
 template <typename acc_t>
 struct Window {
-  KeyRanges ranges;
   Mat<const acc_t> part[2];
 };
 
 template <typename acc_t, typename scalar_t>
 Window<acc_t> read_window(const Mat<scalar_t>& src, const KeyRanges& kr, int64_t d,
                           std::vector<acc_t> (&buf)[2]) {
-  Window<acc_t> w{kr, {}};
+  Window<acc_t> w{};
   for (int c = 0; c < kr.count; ++c) w.part[c] = read_rows(src, kr.begin[c], kr.len[c], d, buf[c]);
   return w;
 }
@@ -193,13 +193,17 @@ Window<acc_t> read_window(const Mat<scalar_t>& src, const KeyRanges& kr, int64_t
 // Offset of part c's columns in a score row.
 MMATTN_INLINE int64_t part_col(const KeyRanges& kr, int c) { return c == 0 ? 0 : kr.len[0]; }
 
-MMATTN_CPU_CLONES void scale_rows(float* x, int64_t rows, int64_t n, int64_t ld, const float* f) {
+// x[r, :n] *= f[r] (leading dimension ld).
+template <typename T>
+MMATTN_INLINE void scale_rows_impl(T* x, int64_t rows, int64_t n, int64_t ld, const T* f) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < n; ++j) x[r * ld + j] *= f[r];
 }
+MMATTN_CPU_CLONES void scale_rows(float* x, int64_t rows, int64_t n, int64_t ld, const float* f) {
+  scale_rows_impl(x, rows, n, ld, f);
+}
 void scale_rows(double* x, int64_t rows, int64_t n, int64_t ld, const double* f) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < n; ++j) x[r * ld + j] *= f[r];
+  scale_rows_impl(x, rows, n, ld, f);
 }
 
 // Each row of s[rows, n] (scaled scores, leading dimension ld) becomes exp(s - max),
