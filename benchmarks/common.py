@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -83,10 +84,18 @@ def peak_rss_growth(fn: Callable[[], object]) -> int:
         return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
 
 
+# glibc raises its mmap threshold to the size of any mapped block that is freed, so after a
+# warm-up call the big blocks come from the heap, where memory freed by the warm-up stays
+# resident and is handed out again without growing the resident set: a call could then seem
+# to need less than its own outputs. A fixed threshold maps every block of 128 KiB or more
+# afresh and unmaps it on free, so the probe sees each call's big allocations.
+_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
 def cpu_peak_extra_bytes(module: str, *probe_args: str) -> int:
     """Peak resident memory of one call, measured in a fresh process (`module --probe ...`)."""
     out = subprocess.run([sys.executable, "-m", module, "--probe", *probe_args],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env={**os.environ, **_PROBE_ENV})
     return int(out.stdout.strip().splitlines()[-1])
 
 

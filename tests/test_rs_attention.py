@@ -73,6 +73,30 @@ def test_non_contiguous_inputs():
     assert out_v.stride() == torch.empty_like(video[0]).stride()  # the layout of q is kept
 
 
+def test_broadcast_inputs():
+    # stride-0 token dims (expanded keys/values): rows that BLAS cannot take with a leading dimension
+    b, h, f, p, l, d = 2, 2, 4, 3, 10, 8
+    qv, _, vv, qa, ka, _ = make_inputs(b, h, f, p, l, d, torch.float64)
+    kv = torch.randn(b, h, 1, d, dtype=torch.float64).expand(b, h, f * p, d)
+    va = torch.randn(b, h, 1, d, dtype=torch.float64).expand(b, h, l, d)
+    check_against_references((qv, kv, vv, qa, ka, va), f, 2, 1)
+
+
+@pytest.mark.parametrize("window", [2, 3])  # segments, or the whole sequence (window = frames), in chunks
+def test_query_blocks_longer_than_a_chunk(window):
+    # 300 video tokens per frame and ~177 audio tokens per segment: the CPU kernel splits query
+    # blocks into chunks of at most 256 rows and (full window) merges segments into blocks
+    inputs = make_inputs(1, 1, 3, 300, 530, 8, torch.float64, requires_grad=True)
+    ref_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out = mmattn.rs_attention(*inputs, frames=3, window=window, shift=2)
+    ref = rs_attention_dense(*ref_inputs, frames=3, window=window, shift=2)
+    grads = [torch.randn_like(o) for o in out]
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, **TOL[torch.float64])
+    for g, r in zip(torch.autograd.grad(out, inputs, grads), torch.autograd.grad(ref, ref_inputs, grads)):
+        torch.testing.assert_close(g, r, **TOL[torch.float64])
+
+
 def test_scale_argument():
     inputs = make_inputs(1, 1, 3, 2, 6, 8, torch.float64)
     out = mmattn.rs_attention(*inputs, frames=3, window=2, shift=1, scale=0.3)

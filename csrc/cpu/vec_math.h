@@ -22,12 +22,15 @@
 
 namespace mmattn::cpu {
 
-// exp(x) in float, branch-free (Cephes polynomial, ~1 ulp on the clamped range).
+// exp(x) in float, branch-free (Cephes polynomial, ~1 ulp on the clamped range; NaN stays
+// NaN). Written to vectorise into plain SIMD arithmetic: clamps as ternaries (std::min/max
+// become compares and blends), rounding by adding 1.5 * 2^23 (no float-int conversions).
 MMATTN_INLINE float exp_approx(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  const float t = x * 1.44269504088896341f;
-  const int32_t ni = static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f));  // round(x / ln 2)
-  const float n = static_cast<float>(ni);
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln 2)
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -37,7 +40,9 @@ MMATTN_INLINE float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = (ni + 127) << 23;
+  uint32_t bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  bits = (bits + 127u) << 23;  // 2^n: the 1.5 * 2^23 offset shifts out
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
   return p * two_n;
