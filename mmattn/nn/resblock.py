@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mmattn.nn._ops import check_impl
 from mmattn.nn.attention import AudioSelfAttention, VideoSelfAttention
 from mmattn.nn.conv import AudioConv, VideoConv
+from mmattn.nn.dropout import Dropout
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import channel_view
 from mmattn.nn.norm import GroupNormAct
@@ -24,7 +25,7 @@ class NormActConv(nn.Module):
 
     def __init__(self, norm: GroupNormAct, conv: nn.Module, dropout: float = 0.0):
         super().__init__()
-        self.norm, self.dropout, self.conv = norm, nn.Dropout(dropout), conv
+        self.norm, self.dropout, self.conv = norm, Dropout(dropout, impl=norm.impl), conv
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
