@@ -21,6 +21,7 @@ TORCH_LIBRARY(mmattn, m) {
   m.def("group_norm_act_bwd(Tensor grad_y, Tensor x, Tensor mean, Tensor rstd, int num_groups, "
         "Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, bool silu, int channel_dim) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("dropout(Tensor x, float p, int seed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
@@ -28,6 +29,7 @@ TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("segment_attention_bwd", &segment_attention_bwd_cpu);
   m.impl("group_norm_act_fwd", &group_norm_act_fwd_cpu);
   m.impl("group_norm_act_bwd", &group_norm_act_bwd_cpu);
+  m.impl("dropout", &dropout_cpu);
 }
 
 #ifdef MMATTN_WITH_CUDA

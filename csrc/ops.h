@@ -34,6 +34,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_bwd_cpu(
     int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
     const OptTensor& shift, bool silu, int64_t channel_dim);
 
+// Dropout with a counter-based mask: element i of the memory of x (dense; else a contiguous
+// copy) is zeroed iff hash(seed, i) < p * 2^32, else scaled by 1 / (1 - p). Returns y with
+// x's strides. The mask is a function of (seed, index): the backward is this op on grad_y.
+Tensor dropout_cpu(const Tensor& x, double p, int64_t seed);
+
 #ifdef MMATTN_WITH_CUDA
 std::tuple<Tensor, Tensor> segment_attention_fwd_cuda(
     const Tensor& q, const Tensor& k, const Tensor& v, int64_t segments, int64_t window,

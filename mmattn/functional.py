@@ -9,7 +9,7 @@ import torch
 
 from mmattn import _C  # registers torch.ops.mmattn
 
-__all__ = ["rs_attention", "group_norm_act"]
+__all__ = ["rs_attention", "group_norm_act", "dropout"]
 
 _ops = torch.ops.mmattn
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -216,3 +216,52 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     y, _, _ = _ops.group_norm_act_fwd(x, num_groups, weight, bias, scale, shift, act == "silu",
                                       float(eps), channel_dim)
     return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout with a recomputed mask
+# ---------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("mmattn::dropout")
+def _dropout_fake(x, p, seed):
+    return torch.empty_like(x)
+
+
+def _dropout_setup(ctx, inputs, output):
+    _, ctx.p, ctx.seed = inputs
+    ctx.layout = (output.shape, output.stride())
+
+
+def _dropout_backward(ctx, grad):
+    shape, stride = ctx.layout
+    if grad.stride() != stride:  # the mask is indexed by memory position: match y's strides
+        grad = torch.empty_strided(shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+    return _ops.dropout(grad, ctx.p, ctx.seed), None, None
+
+
+torch.library.register_autograd("mmattn::dropout", _dropout_backward, setup_context=_dropout_setup)
+
+
+def dropout(x: torch.Tensor, p: float, *, seed: int | None = None) -> torch.Tensor:
+    """Dropout (CPU): zero each element with probability `p`, scale the rest by `1 / (1 - p)`.
+
+    The mask is a hash of `(seed, memory index)`: the backward recomputes it, so no mask is
+    stored for autograd. `seed=None` draws one from torch's default generator, so
+    `torch.manual_seed` reproduces the masks (and checkpoint recomputation, which restores
+    the generator, sees the same ones). Output: x's shape, dtype and strides.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"mmattn.dropout runs on CPU, got x on {x.device}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    if p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    if seed is None:
+        seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64).item())
+    return _ops.dropout(x, float(p), int(seed))

@@ -69,6 +69,32 @@ def test_video_layout_without_permute():
     check(x_cl, 8, p, "silu", 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_frames_last_video_many_chunks(dtype):
+    # Channels-inner memory (frames-last video) with more rows than one task holds: per-chunk
+    # statistics and gradient sums (the last chunk partial) combine to the reference's.
+    b, f, c, h, w = 2, 3, 64, 21, 20
+    x = (3 * torch.randn(b, f, h, w, c, dtype=dtype) + 1).permute(0, 1, 4, 2, 3).requires_grad_()
+    p = params(b, c, dtype, {"weight", "bias", "scale", "shift"}, requires_grad=True)
+    y = check(x, 8, p, "silu", 2)
+    assert y.stride() == x.stride()
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    xr = x.detach().double().requires_grad_()
+    pr = {k: v.detach().double().requires_grad_() for k, v in p.items()}
+    group_norm_act_reference(xr, 8, pr["weight"], pr["bias"], scale=pr["scale"], shift=pr["shift"],
+                             channel_dim=2).backward(grad.double())
+    # dx: as the forward (bfloat16: rounding of x, grad_y and dx). Parameter gradients sum
+    # B*F*H*W = 2520 terms of O(1): float32 rounding grows to ~1e-5 absolute; bfloat16 results
+    # of size ~100 are rounded to 8 significant bits.
+    dx_tol = TOL[dtype] if dtype != torch.bfloat16 else dict(atol=5e-2, rtol=5e-2)
+    param_tol = {torch.float64: TOL[torch.float64], torch.float32: dict(atol=1e-4, rtol=1e-4),
+                 torch.bfloat16: dict(atol=0.5, rtol=1e-2)}[dtype]
+    torch.testing.assert_close(x.grad.double(), xr.grad, **dx_tol)
+    for k in p:
+        torch.testing.assert_close(p[k].grad.double(), pr[k].grad, **param_tol)
+
+
 @pytest.mark.parametrize("channel_dim,shape", [(1, (2, 6, 3, 2)), (2, (2, 3, 6, 2, 2)), (1, (1, 4))])
 @pytest.mark.parametrize("act", ["silu", None])
 def test_gradcheck_float64(channel_dim, shape, act):

@@ -1,10 +1,19 @@
 // CPU GroupNorm + affine + FiLM + SiLU, forward and backward, fused.
 //
 // x is viewed as [B, F, C, S] with its own strides (F = 1 for channel_dim 1; S flattens the
-// spatial dims), so [B, F, C, H, W] video and channels_last inputs need no permute copy. One
-// task per (sample, group): the group's elements are read once from memory for the
-// statistics (mean, then centred sum of squares: the second read hits cache) and once more
-// to normalise, all inside the task.
+// spatial dims), so [B, F, C, H, W] video and channels_last inputs need no permute copy.
+// Two kernels, by which of C and S is innermost in memory:
+// - planar (S inner, e.g. contiguous [B, C, L]): one task per (sample, group); a row is one
+//   channel of one frame, `S` elements long. The group is read once from memory for the
+//   statistics (mean, then centred sum of squares: the second read hits cache) and once more
+//   to normalise.
+// - channels-inner (C contiguous, e.g. frames-last video, channels_last): a row is one
+//   (frame, position) with all C channels. Tasks are chunks of rows; every pass streams the
+//   tensor with per-channel vectors. Statistics are per-channel (mean, centred sum of
+//   squares) per chunk (the second read hits cache), combined per group in float64 with
+//   Chan's parallel formula.
+// The backward makes two passes (per-channel gradient sums, then dx) and recomputes the
+// activation's derivative in the second instead of storing it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -17,37 +26,27 @@
 namespace mmattn {
 namespace {
 
-// Rows of one (b, g) group: `rows` rows of `len` elements, row r at offset row_off(r),
-// elements `step` apart; channel of (row, j) via `chan(r, j)`.
-struct GroupRows {
-  int64_t rows, len, step;
-  bool inner_is_s;  // rows run along S (one channel per row) or along C (one channel per element)
-  int64_t cpg, frames, spatial;
-  int64_t sf, sc, ss;
-  // offset of row r relative to the group's first element
-  int64_t row_off(int64_t r) const {
-    if (inner_is_s) {  // r = f * cpg + c
-      return (r / cpg) * sf + (r % cpg) * sc;
-    }
-    return (r / spatial) * sf + (r % spatial) * ss;  // r = f * spatial + s
-  }
-};
+// Elements of one channels-inner task (rows * C): small enough to stay in L2 between the
+// two statistics reads.
+constexpr int64_t kChunkElems = 16384;
 
-GroupRows group_rows(const NormLayout& l, int64_t cpg) {
-  const bool inner_s = std::abs(l.ss) <= std::abs(l.sc) || cpg == 1;
-  GroupRows g{};
-  g.inner_is_s = inner_s;
-  g.rows = inner_s ? l.frames * cpg : l.frames * l.spatial;
-  g.len = inner_s ? l.spatial : cpg;
-  g.step = inner_s ? l.ss : l.sc;
-  g.cpg = cpg;
-  g.frames = l.frames;
-  g.spatial = l.spatial;
-  g.sf = l.sf;
-  g.sc = l.sc;
-  g.ss = l.ss;
-  return g;
+// ---------------------------------------------------------------------------------------------
+// Row kernels. float: one SIMD clone per instruction set; double: plain.
+// ---------------------------------------------------------------------------------------------
+
+template <typename T, bool kSilu>
+MMATTN_INLINE T act(T z) { return kSilu ? z * cpu::sigmoid_(z) : z; }
+
+// dL/dz of y = act(z), z = x * a + b.
+template <typename T, bool kSilu>
+MMATTN_INLINE T act_grad(T x, T dy, T a, T b) {
+  if (!kSilu) return dy;
+  const T z = x * a + b;
+  const T sg = cpu::sigmoid_(z);
+  return dy * sg * (T(1) + z * (T(1) - sg));
 }
+
+// --- planar rows: one channel per row, scalar coefficients ---
 
 template <typename T>
 MMATTN_INLINE T row_sum_impl(const T* x, int64_t n) {
@@ -68,105 +67,173 @@ MMATTN_CPU_CLONES float row_sq_dev(const float* x, int64_t n, float m) { return 
 double row_sum(const double* x, int64_t n) { return row_sum_impl(x, n); }
 double row_sq_dev(const double* x, int64_t n, double m) { return row_sq_dev_impl(x, n, m); }
 
-// y[j] = act(x[j] * a[j * ca] + b[j * ca]): ca = 0 (one channel per row) or 1. The two
-// cases are separate loops: a runtime stride would keep the compiler from vectorising.
+// y[j] = act(x[j] * a + b)
 template <typename T, bool kSilu>
-MMATTN_INLINE void apply_loop(const T* x, T* y, int64_t n, const T* a, const T* b, int64_t ca) {
-  auto act = [](T z) { return kSilu ? z * cpu::sigmoid_(z) : z; };
-  if (ca == 0) {
-    const T a0 = a[0], b0 = b[0];
-    for (int64_t j = 0; j < n; ++j) y[j] = act(x[j] * a0 + b0);
-  } else {
-    for (int64_t j = 0; j < n; ++j) y[j] = act(x[j] * a[j] + b[j]);
+MMATTN_INLINE void apply_loop(const T* x, T* y, int64_t n, T a, T b) {
+  for (int64_t j = 0; j < n; ++j) y[j] = act<T, kSilu>(x[j] * a + b);
+}
+template <typename T>
+MMATTN_INLINE void apply_row_impl(const T* x, T* y, int64_t n, T a, T b, bool silu) {
+  silu ? apply_loop<T, true>(x, y, n, a, b) : apply_loop<T, false>(x, y, n, a, b);
+}
+MMATTN_CPU_CLONES void apply_row(const float* x, float* y, int64_t n, float a, float b, bool silu) {
+  apply_row_impl(x, y, n, a, b, silu);
+}
+void apply_row(const double* x, double* y, int64_t n, double a, double b, bool silu) {
+  apply_row_impl(x, y, n, a, b, silu);
+}
+
+// s1 += sum dz, s2 += sum dz * (x - mean), with dz = dL/dz of each element.
+template <typename T, bool kSilu>
+MMATTN_INLINE void grad_loop(const T* x, const T* dy, int64_t n, T a, T b, T mean, T& s1, T& s2) {
+  T acc1 = 0, acc2 = 0;
+  MMATTN_SIMD_REDUCE(+ : acc1, acc2)
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = act_grad<T, kSilu>(x[j], dy[j], a, b);
+    acc1 += g;
+    acc2 += g * (x[j] - mean);
+  }
+  s1 += acc1;
+  s2 += acc2;
+}
+template <typename T>
+MMATTN_INLINE void grad_row_impl(const T* x, const T* dy, int64_t n, T a, T b, T mean, T& s1,
+                                 T& s2, bool silu) {
+  silu ? grad_loop<T, true>(x, dy, n, a, b, mean, s1, s2)
+       : grad_loop<T, false>(x, dy, n, a, b, mean, s1, s2);
+}
+MMATTN_CPU_CLONES void grad_row(const float* x, const float* dy, int64_t n, float a, float b,
+                                float mean, float& s1, float& s2, bool silu) {
+  grad_row_impl(x, dy, n, a, b, mean, s1, s2, silu);
+}
+void grad_row(const double* x, const double* dy, int64_t n, double a, double b, double mean,
+              double& s1, double& s2, bool silu) {
+  grad_row_impl(x, dy, n, a, b, mean, s1, s2, silu);
+}
+
+// dx[j] = k_dz * dz + k_x * (x[j] - mean) + k_0, dz recomputed from x and dy.
+template <typename T, bool kSilu>
+MMATTN_INLINE void dx_loop(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx,
+                           int64_t n, T a, T b, T k_dz, T k_x, T mean, T k_0) {
+  for (int64_t j = 0; j < n; ++j)
+    dx[j] = k_dz * act_grad<T, kSilu>(x[j], dy[j], a, b) + k_x * (x[j] - mean) + k_0;
+}
+template <typename T>
+MMATTN_INLINE void dx_row_impl(const T* x, const T* dy, T* dx, int64_t n, T a, T b, T k_dz, T k_x,
+                               T mean, T k_0, bool silu) {
+  silu ? dx_loop<T, true>(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0)
+       : dx_loop<T, false>(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0);
+}
+MMATTN_CPU_CLONES void dx_row(const float* x, const float* dy, float* dx, int64_t n, float a,
+                              float b, float k_dz, float k_x, float mean, float k_0, bool silu) {
+  dx_row_impl(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0, silu);
+}
+void dx_row(const double* x, const double* dy, double* dx, int64_t n, double a, double b,
+            double k_dz, double k_x, double mean, double k_0, bool silu) {
+  dx_row_impl(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0, silu);
+}
+
+// --- channels-inner rows: element j is channel c0 + j, per-channel coefficient vectors ---
+
+template <typename T>
+MMATTN_INLINE void add_row_impl(const T* __restrict__ x, T* __restrict__ acc, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += x[j];
+}
+template <typename T>
+MMATTN_INLINE void add_sq_dev_row_impl(const T* __restrict__ x, const T* __restrict__ mean,
+                                       T* __restrict__ acc, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += (x[j] - mean[j]) * (x[j] - mean[j]);
+}
+MMATTN_CPU_CLONES void add_row(const float* x, float* acc, int64_t n) { add_row_impl(x, acc, n); }
+void add_row(const double* x, double* acc, int64_t n) { add_row_impl(x, acc, n); }
+MMATTN_CPU_CLONES void add_sq_dev_row(const float* x, const float* mean, float* acc, int64_t n) {
+  add_sq_dev_row_impl(x, mean, acc, n);
+}
+void add_sq_dev_row(const double* x, const double* mean, double* acc, int64_t n) {
+  add_sq_dev_row_impl(x, mean, acc, n);
+}
+
+// y[j] = act(x[j] * a[j] + b[j])
+template <typename T, bool kSilu>
+MMATTN_INLINE void apply_vec_loop(const T* __restrict__ x, T* __restrict__ y, int64_t n,
+                                  const T* __restrict__ a, const T* __restrict__ b) {
+  for (int64_t j = 0; j < n; ++j) y[j] = act<T, kSilu>(x[j] * a[j] + b[j]);
+}
+template <typename T>
+MMATTN_INLINE void apply_vec_impl(const T* x, T* y, int64_t n, const T* a, const T* b, bool silu) {
+  silu ? apply_vec_loop<T, true>(x, y, n, a, b) : apply_vec_loop<T, false>(x, y, n, a, b);
+}
+MMATTN_CPU_CLONES void apply_vec(const float* x, float* y, int64_t n, const float* a,
+                                 const float* b, bool silu) {
+  apply_vec_impl(x, y, n, a, b, silu);
+}
+void apply_vec(const double* x, double* y, int64_t n, const double* a, const double* b, bool silu) {
+  apply_vec_impl(x, y, n, a, b, silu);
+}
+
+// s1[j] += dz, s2[j] += dz * (x[j] - mean[j]) with dz = dL/dz of element j.
+template <typename T, bool kSilu>
+MMATTN_INLINE void grad_sums_loop(const T* __restrict__ x, const T* __restrict__ dy, int64_t n,
+                                  const T* __restrict__ a, const T* __restrict__ b,
+                                  const T* __restrict__ mean, T* __restrict__ s1,
+                                  T* __restrict__ s2) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = act_grad<T, kSilu>(x[j], dy[j], a[j], b[j]);
+    s1[j] += g;
+    s2[j] += g * (x[j] - mean[j]);
   }
 }
 template <typename T>
-MMATTN_INLINE void apply_row_impl(const T* x, T* y, int64_t n, const T* a, const T* b,
-                                  int64_t ca, bool silu) {
-  silu ? apply_loop<T, true>(x, y, n, a, b, ca) : apply_loop<T, false>(x, y, n, a, b, ca);
+MMATTN_INLINE void grad_sums_impl(const T* x, const T* dy, int64_t n, const T* a, const T* b,
+                                  const T* mean, T* s1, T* s2, bool silu) {
+  silu ? grad_sums_loop<T, true>(x, dy, n, a, b, mean, s1, s2)
+       : grad_sums_loop<T, false>(x, dy, n, a, b, mean, s1, s2);
 }
-MMATTN_CPU_CLONES void apply_row(const float* x, float* y, int64_t n, const float* a,
-                                 const float* b, int64_t ca, bool silu) {
-  apply_row_impl(x, y, n, a, b, ca, silu);
+MMATTN_CPU_CLONES void grad_sums_vec(const float* x, const float* dy, int64_t n, const float* a,
+                                     const float* b, const float* mean, float* s1, float* s2,
+                                     bool silu) {
+  grad_sums_impl(x, dy, n, a, b, mean, s1, s2, silu);
 }
-void apply_row(const double* x, double* y, int64_t n, const double* a, const double* b,
-               int64_t ca, bool silu) {
-  apply_row_impl(x, y, n, a, b, ca, silu);
+void grad_sums_vec(const double* x, const double* dy, int64_t n, const double* a, const double* b,
+                   const double* mean, double* s1, double* s2, bool silu) {
+  grad_sums_impl(x, dy, n, a, b, mean, s1, s2, silu);
 }
 
-// Backward pass 1 over a row: dz = dy * act'(z) into `dz`; s1[c] += dz, s2[c] += dz * xhat
-// with xhat = (x - mean) * rstd; per-element channel when ca = 1.
+// dx[j] = k_dz[j] * dz + k_x[j] * (x[j] - mean[j]) + k_0[j], dz recomputed from x and dy.
 template <typename T, bool kSilu>
-MMATTN_INLINE T act_grad(T x, T dy, T a, T b) {
-  if (!kSilu) return dy;
-  const T z = x * a + b;
-  const T sg = cpu::sigmoid_(z);
-  return dy * sg * (T(1) + z * (T(1) - sg));
-}
-template <typename T, bool kSilu>
-MMATTN_INLINE void grad_loop(const T* x, const T* dy, T* dz, int64_t n, const T* a, const T* b,
-                             int64_t ca, T mean, T rstd, T* s1, T* s2) {
-  if (ca == 0) {
-    const T a0 = a[0], b0 = b[0];
-    T acc1 = 0, acc2 = 0;
-    MMATTN_SIMD_REDUCE(+ : acc1, acc2)
-    for (int64_t j = 0; j < n; ++j) {
-      const T g = act_grad<T, kSilu>(x[j], dy[j], a0, b0);
-      dz[j] = g;
-      acc1 += g;
-      acc2 += g * (x[j] - mean);
-    }
-    s1[0] += acc1;
-    s2[0] += acc2 * rstd;
-  } else {
-    for (int64_t j = 0; j < n; ++j) {
-      const T g = act_grad<T, kSilu>(x[j], dy[j], a[j], b[j]);
-      dz[j] = g;
-      s1[j] += g;
-      s2[j] += g * (x[j] - mean) * rstd;
-    }
+MMATTN_INLINE void dx_vec_loop(const T* __restrict__ x, const T* __restrict__ dy,
+                               T* __restrict__ dx, int64_t n, const T* __restrict__ a,
+                               const T* __restrict__ b, const T* __restrict__ k_dz,
+                               const T* __restrict__ k_x, const T* __restrict__ mean,
+                               const T* __restrict__ k_0) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = act_grad<T, kSilu>(x[j], dy[j], a[j], b[j]);
+    dx[j] = k_dz[j] * g + k_x[j] * (x[j] - mean[j]) + k_0[j];
   }
 }
 template <typename T>
-MMATTN_INLINE void grad_row_impl(const T* x, const T* dy, T* dz, int64_t n, const T* a,
-                                 const T* b, int64_t ca, bool silu, T mean, T rstd, T* s1, T* s2) {
-  silu ? grad_loop<T, true>(x, dy, dz, n, a, b, ca, mean, rstd, s1, s2)
-       : grad_loop<T, false>(x, dy, dz, n, a, b, ca, mean, rstd, s1, s2);
+MMATTN_INLINE void dx_vec_impl(const T* x, const T* dy, T* dx, int64_t n, const T* a, const T* b,
+                               const T* k_dz, const T* k_x, const T* mean, const T* k_0, bool silu) {
+  silu ? dx_vec_loop<T, true>(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0)
+       : dx_vec_loop<T, false>(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0);
 }
-MMATTN_CPU_CLONES void grad_row(const float* x, const float* dy, float* dz, int64_t n,
-                                const float* a, const float* b, int64_t ca, bool silu,
-                                float mean, float rstd, float* s1, float* s2) {
-  grad_row_impl(x, dy, dz, n, a, b, ca, silu, mean, rstd, s1, s2);
+MMATTN_CPU_CLONES void dx_vec(const float* x, const float* dy, float* dx, int64_t n, const float* a,
+                              const float* b, const float* k_dz, const float* k_x,
+                              const float* mean, const float* k_0, bool silu) {
+  dx_vec_impl(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0, silu);
 }
-void grad_row(const double* x, const double* dy, double* dz, int64_t n, const double* a,
-              const double* b, int64_t ca, bool silu, double mean, double rstd, double* s1,
-              double* s2) {
-  grad_row_impl(x, dy, dz, n, a, b, ca, silu, mean, rstd, s1, s2);
-}
-
-// dx[j] = rstd * (dz[j] * g[j * ca] - m1 - (x[j] - mean) * rstd * m2).
-template <typename T>
-MMATTN_INLINE void dx_row_impl(const T* x, const T* dz, T* dx, int64_t n, const T* g, int64_t ca,
-                               T mean, T rstd, T m1, T m2) {
-  if (ca == 0) {
-    const T g0 = g[0];
-    for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] * g0 - m1 - (x[j] - mean) * rstd * m2);
-  } else {
-    for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] * g[j] - m1 - (x[j] - mean) * rstd * m2);
-  }
-}
-MMATTN_CPU_CLONES void dx_row(const float* x, const float* dz, float* dx, int64_t n,
-                              const float* g, int64_t ca, float mean, float rstd, float m1,
-                              float m2) {
-  dx_row_impl(x, dz, dx, n, g, ca, mean, rstd, m1, m2);
-}
-void dx_row(const double* x, const double* dz, double* dx, int64_t n, const double* g,
-            int64_t ca, double mean, double rstd, double m1, double m2) {
-  dx_row_impl(x, dz, dx, n, g, ca, mean, rstd, m1, m2);
+void dx_vec(const double* x, const double* dy, double* dx, int64_t n, const double* a,
+            const double* b, const double* k_dz, const double* k_x, const double* mean,
+            const double* k_0, bool silu) {
+  dx_vec_impl(x, dy, dx, n, a, b, k_dz, k_x, mean, k_0, silu);
 }
 
-// A row of a group in acc_t: points into the tensor when it is already acc_t with unit
-// step, otherwise gathered into `buf`.
+// ---------------------------------------------------------------------------------------------
+// Data access
+// ---------------------------------------------------------------------------------------------
+
+// A row in acc_t: points into the tensor when it is acc_t with unit step, else gathered
+// (and converted) into `buf`.
 template <typename scalar_t, typename acc_t>
 const acc_t* read_row(const scalar_t* p, int64_t n, int64_t step, std::vector<acc_t>& buf) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -177,12 +244,37 @@ const acc_t* read_row(const scalar_t* p, int64_t n, int64_t step, std::vector<ac
   return buf.data();
 }
 
+// A row to write in acc_t: the tensor itself when it is acc_t with unit step, else `buf`,
+// stored (and converted) by `commit`.
 template <typename scalar_t, typename acc_t>
-void write_row(const acc_t* src, scalar_t* p, int64_t n, int64_t step) {
-  for (int64_t j = 0; j < n; ++j) p[j * step] = static_cast<scalar_t>(src[j]);
-}
+struct RowWriter {
+  scalar_t* p;
+  int64_t n, step;
+  std::vector<acc_t>& buf;
+  acc_t* data() {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (step == 1) return p;
+    }
+    buf.resize(n);
+    return buf.data();
+  }
+  void commit() const {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (step == 1) return;
+    }
+    for (int64_t j = 0; j < n; ++j) p[j * step] = static_cast<scalar_t>(buf[j]);
+  }
+};
 
-// Per-channel vectors of one sample in acc_t (defaults where the tensor is absent).
+// Offset within a sample of planar row (f, c): one channel, S elements `ss` apart.
+int64_t planar_row(const NormLayout& l, int64_t f, int64_t c) { return f * l.sf + c * l.sc; }
+// Offset within a sample of channels-inner row r = f * S + s: C elements `sc` = 1 apart.
+int64_t inner_row(const NormLayout& l, int64_t r) { return (r / l.spatial) * l.sf + (r % l.spatial) * l.ss; }
+
+// C contiguous and S not: rows of all channels (frames-last video, channels_last).
+bool channels_inner(const NormLayout& l) { return l.sc == 1 && l.ss != 1 && l.spatial > 1; }
+
+// Per-channel vectors of the affine and FiLM parameters in acc_t (defaults where absent).
 template <typename acc_t>
 struct Affine {
   at::Tensor weight, bias, scale, shift;  // acc_t, contiguous; undefined when absent
@@ -207,99 +299,254 @@ Affine<acc_t> make_affine(const OptTensor& w, const OptTensor& b, const OptTenso
           Affine<acc_t>::prep(sh, acc)};
 }
 
-// z = x * a[c] + b[c] folds normalisation, affine and FiLM for sample `b`, channels of group `g`.
+// Per-(b, c) coefficients of one sample and group.
+// Forward: z = x * a[c] + bc[c] folds normalisation, affine and FiLM.
 template <typename acc_t>
 void fold_coefficients(const Affine<acc_t>& af, int64_t b, int64_t g, int64_t cpg, int64_t C,
                        acc_t mean, acc_t rstd, acc_t* a, acc_t* bc) {
-  for (int64_t j = 0; j < cpg; ++j) {
-    const int64_t c = g * cpg + j;
+  for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
     const acc_t k = af.k(b, c, C);
-    a[j] = rstd * af.w(c) * k;
-    bc[j] = (af.bi(c) - mean * rstd * af.w(c)) * k + af.sh(b, c, C);
+    a[c] = rstd * af.w(c) * k;
+    bc[c] = (af.bi(c) - mean * rstd * af.w(c)) * k + af.sh(b, c, C);
   }
 }
 
+// Backward, from s1[c] = sum dz and s2c[c] = sum dz * (x - mean) over the group's channels:
+// dx = rstd * (dz * gain[c] - m1 - xhat * m2) with gain = w * (1 + scale), m1 and m2 the group
+// means of gain * dz and gain * dz * xhat; as dx = k_dz[c] * dz + k_x * (x - mean) + k_0.
+// Writes s2[c] = sum dz * xhat (parameter gradients) over s2c.
+template <typename acc_t>
+void dx_coefficients(const Affine<acc_t>& af, int64_t b, int64_t g, int64_t cpg, int64_t C,
+                     int64_t count, acc_t mean, acc_t rstd, const acc_t* s1, acc_t* s2,
+                     acc_t* k_dz, acc_t* k_x, acc_t* k_0) {
+  acc_t m1 = 0, m2 = 0;
+  for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+    s2[c] *= rstd;
+    const acc_t gain = af.w(c) * af.k(b, c, C);
+    k_dz[c] = rstd * gain;
+    m1 += gain * s1[c];
+    m2 += gain * s2[c];
+  }
+  m1 /= acc_t(count);
+  m2 /= acc_t(count);
+  for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+    k_x[c] = -rstd * rstd * m2;
+    k_0[c] = -rstd * m1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------
+
+// Problem-wide sizes; per-(b, c) coefficient arrays are [B, C] row-major.
+struct Sizes {
+  int64_t B, C, G, cpg, rows, count;  // rows per sample in the kernel's sense; count per group
+};
+
+// Planar forward: one task per (b, g), statistics and normalisation inside the task.
 template <typename scalar_t, typename acc_t>
-void forward_kernel(const at::Tensor& x, const NormLayout& l, at::Tensor& y, const NormLayout& ly,
-                    int64_t G, const Affine<acc_t>& af, bool silu, double eps, acc_t* mean_out,
-                    acc_t* rstd_out) {
-  const int64_t C = l.channels, cpg = C / G;
-  const GroupRows gr = group_rows(l, cpg), gy = group_rows(ly, cpg);
-  const int64_t count = l.frames * cpg * l.spatial;
-  at::parallel_for(0, l.batch * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf, out, a(cpg), bc(cpg);
+void forward_planar(const scalar_t* x, const NormLayout& l, scalar_t* y, const NormLayout& ly,
+                    const Sizes& z, const Affine<acc_t>& af, bool silu, double eps,
+                    acc_t* mean_out, acc_t* rstd_out) {
+  std::vector<acc_t> a(z.B * z.C), bc(z.B * z.C);
+  at::parallel_for(0, z.B * z.G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf, out;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / G, g = task % G;
-      const scalar_t* xg = x.data_ptr<scalar_t>() + b * l.sb + g * cpg * l.sc;
-      scalar_t* yg = y.data_ptr<scalar_t>() + b * ly.sb + g * cpg * ly.sc;
+      const int64_t b = task / z.G, g = task % z.G;
+      auto row = [&](int64_t f, int64_t c) {  // row (f, c) of the group in acc_t
+        return read_row(x + b * l.sb + planar_row(l, f, c), l.spatial, l.ss, buf);
+      };
       acc_t sum = 0;
-      for (int64_t r = 0; r < gr.rows; ++r)
-        sum += row_sum(read_row(xg + gr.row_off(r), gr.len, gr.step, buf), gr.len);
-      const acc_t mean = sum / acc_t(count);
+      for (int64_t f = 0; f < l.frames; ++f)
+        for (int64_t c = g * z.cpg; c < (g + 1) * z.cpg; ++c) sum += row_sum(row(f, c), l.spatial);
+      const acc_t mean = sum / acc_t(z.count);
       acc_t m2 = 0;
-      for (int64_t r = 0; r < gr.rows; ++r)
-        m2 += row_sq_dev(read_row(xg + gr.row_off(r), gr.len, gr.step, buf), gr.len, mean);
-      const acc_t rstd = acc_t(1) / std::sqrt(m2 / acc_t(count) + acc_t(eps));
+      for (int64_t f = 0; f < l.frames; ++f)
+        for (int64_t c = g * z.cpg; c < (g + 1) * z.cpg; ++c) m2 += row_sq_dev(row(f, c), l.spatial, mean);
+      const acc_t rstd = acc_t(1) / std::sqrt(m2 / acc_t(z.count) + acc_t(eps));
       mean_out[task] = mean;
       rstd_out[task] = rstd;
-      fold_coefficients(af, b, g, cpg, C, mean, rstd, a.data(), bc.data());
-      out.resize(gr.len);
-      for (int64_t r = 0; r < gr.rows; ++r) {
-        const acc_t* xr = read_row(xg + gr.row_off(r), gr.len, gr.step, buf);
-        const int64_t c0 = gr.inner_is_s ? r % cpg : 0;
-        apply_row(xr, out.data(), gr.len, a.data() + c0, bc.data() + c0, gr.inner_is_s ? 0 : 1, silu);
-        write_row(out.data(), yg + gy.row_off(r), gr.len, gy.step);
+      acc_t* ab = a.data() + b * z.C;
+      acc_t* bb = bc.data() + b * z.C;
+      fold_coefficients(af, b, g, z.cpg, z.C, mean, rstd, ab, bb);
+      for (int64_t f = 0; f < l.frames; ++f) {
+        for (int64_t c = g * z.cpg; c < (g + 1) * z.cpg; ++c) {
+          RowWriter<scalar_t, acc_t> w{y + b * ly.sb + planar_row(ly, f, c), l.spatial, ly.ss, out};
+          apply_row(row(f, c), w.data(), l.spatial, ab[c], bb[c], silu);
+          w.commit();
+        }
       }
     }
   });
 }
 
+// Channels-inner forward: per-chunk per-channel moments, combined per group in float64; then
+// a streaming normalisation pass.
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const at::Tensor& dy, const NormLayout& ld, const at::Tensor& x, const NormLayout& l,
-                     at::Tensor& dx, const NormLayout& lx, int64_t G, const Affine<acc_t>& af,
-                     bool silu, const acc_t* mean_in, const acc_t* rstd_in, acc_t* s1_out,
-                     acc_t* s2_out) {
-  const int64_t C = l.channels, cpg = C / G;
-  const GroupRows gr = group_rows(l, cpg), gd = group_rows(ld, cpg), gx = group_rows(lx, cpg);
-  const int64_t count = l.frames * cpg * l.spatial;
-  at::parallel_for(0, l.batch * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> bufx, bufd, dz, out, a(cpg), bc(cpg), gain(cpg), s1(cpg), s2(cpg);
+void forward_inner(const scalar_t* x, const NormLayout& l, scalar_t* y, const NormLayout& ly,
+                   const Sizes& z, const Affine<acc_t>& af, bool silu, double eps,
+                   acc_t* mean_out, acc_t* rstd_out) {
+  const int64_t C = z.C, R = std::max<int64_t>(1, kChunkElems / C);
+  const int64_t chunks = (z.rows + R - 1) / R;
+  std::vector<acc_t> a(z.B * C), bc(z.B * C);
+  std::vector<acc_t> part_mean(z.B * chunks * C), part_m2(z.B * chunks * C, acc_t(0));
+  at::parallel_for(0, z.B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / G, g = task % G;
+      const int64_t b = task / chunks, r0 = (task % chunks) * R, r1 = std::min(z.rows, r0 + R);
+      acc_t* mean = part_mean.data() + task * C;
+      acc_t* m2 = part_m2.data() + task * C;
+      std::fill(mean, mean + C, acc_t(0));
+      for (int64_t r = r0; r < r1; ++r) add_row(read_row(x + b * l.sb + inner_row(l, r), C, 1, buf), mean, C);
+      for (int64_t c = 0; c < C; ++c) mean[c] /= acc_t(r1 - r0);
+      for (int64_t r = r0; r < r1; ++r)
+        add_sq_dev_row(read_row(x + b * l.sb + inner_row(l, r), C, 1, buf), mean, m2, C);
+    }
+  });
+  // Chan et al.: M2 = sum_k M2_k + n_k (mean_k - mean)^2 over the (chunk, channel) parts.
+  for (int64_t b = 0; b < z.B; ++b) {
+    for (int64_t g = 0; g < z.G; ++g) {
+      double sum = 0, m2 = 0;
+      for (int64_t k = 0; k < chunks; ++k) {
+        const double n = double(std::min(z.rows, (k + 1) * R) - k * R);
+        for (int64_t c = g * z.cpg; c < (g + 1) * z.cpg; ++c) sum += n * part_mean[(b * chunks + k) * C + c];
+      }
+      const double mean = sum / double(z.count);
+      for (int64_t k = 0; k < chunks; ++k) {
+        const double n = double(std::min(z.rows, (k + 1) * R) - k * R);
+        for (int64_t c = g * z.cpg; c < (g + 1) * z.cpg; ++c) {
+          const int64_t i = (b * chunks + k) * C + c;
+          const double d = double(part_mean[i]) - mean;
+          m2 += double(part_m2[i]) + n * d * d;
+        }
+      }
+      const acc_t rstd = acc_t(1.0 / std::sqrt(m2 / double(z.count) + eps));
+      mean_out[b * z.G + g] = acc_t(mean);
+      rstd_out[b * z.G + g] = rstd;
+      fold_coefficients(af, b, g, z.cpg, C, acc_t(mean), rstd, a.data() + b * C, bc.data() + b * C);
+    }
+  }
+  at::parallel_for(0, z.B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf, out;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, r0 = (task % chunks) * R, r1 = std::min(z.rows, r0 + R);
+      for (int64_t r = r0; r < r1; ++r) {
+        RowWriter<scalar_t, acc_t> w{y + b * ly.sb + inner_row(ly, r), C, 1, out};
+        apply_vec(read_row(x + b * l.sb + inner_row(l, r), C, 1, buf), w.data(), C,
+                  a.data() + b * C, bc.data() + b * C, silu);
+        w.commit();
+      }
+    }
+  });
+}
+
+// Backward coefficient arrays, [B, C] each.
+template <typename acc_t>
+struct BackwardCoefficients {
+  std::vector<acc_t> a, bc, mean, k_dz, k_x, k_0;
+  explicit BackwardCoefficients(int64_t n) : a(n), bc(n), mean(n), k_dz(n), k_x(n), k_0(n) {}
+  // Forward folding and the per-channel group mean of sample b, group g.
+  void fold(const Affine<acc_t>& af, const Sizes& z, int64_t b, int64_t g, acc_t mean_g, acc_t rstd) {
+    fold_coefficients(af, b, g, z.cpg, z.C, mean_g, rstd, a.data() + b * z.C, bc.data() + b * z.C);
+    std::fill(mean.begin() + b * z.C + g * z.cpg, mean.begin() + b * z.C + (g + 1) * z.cpg, mean_g);
+  }
+  void dx(const Affine<acc_t>& af, const Sizes& z, int64_t b, int64_t g, acc_t mean_g, acc_t rstd,
+          const acc_t* s1, acc_t* s2) {
+    dx_coefficients(af, b, g, z.cpg, z.C, z.count, mean_g, rstd, s1 + b * z.C, s2 + b * z.C,
+                    k_dz.data() + b * z.C, k_x.data() + b * z.C, k_0.data() + b * z.C);
+  }
+};
+
+// Planar backward: one task per (b, g): sums over the group, then dx (the second read of the
+// group hits cache).
+template <typename scalar_t, typename acc_t>
+void backward_planar(const scalar_t* dy, const NormLayout& ld, const scalar_t* x,
+                     const NormLayout& l, scalar_t* dx, const NormLayout& lx, const Sizes& z,
+                     const Affine<acc_t>& af, bool silu, const acc_t* mean_in,
+                     const acc_t* rstd_in, acc_t* s1, acc_t* s2) {
+  BackwardCoefficients<acc_t> k(z.B * z.C);
+  at::parallel_for(0, z.B * z.G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> bufx, bufd, out;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / z.G, g = task % z.G;
       const acc_t mean = mean_in[task], rstd = rstd_in[task];
-      const scalar_t* xg = x.data_ptr<scalar_t>() + b * l.sb + g * cpg * l.sc;
-      const scalar_t* dg = dy.data_ptr<scalar_t>() + b * ld.sb + g * cpg * ld.sc;
-      scalar_t* dxg = dx.data_ptr<scalar_t>() + b * lx.sb + g * cpg * lx.sc;
-      fold_coefficients(af, b, g, cpg, C, mean, rstd, a.data(), bc.data());
-      std::fill(s1.begin(), s1.end(), acc_t(0));
-      std::fill(s2.begin(), s2.end(), acc_t(0));
-      dz.resize(gr.rows * gr.len);  // dL/dz of the whole group, reused by the second pass
-      const int64_t ca = gr.inner_is_s ? 0 : 1;
-      for (int64_t r = 0; r < gr.rows; ++r) {
-        const int64_t c0 = gr.inner_is_s ? r % cpg : 0;
-        grad_row(read_row(xg + gr.row_off(r), gr.len, gr.step, bufx),
-                 read_row(dg + gd.row_off(r), gr.len, gd.step, bufd), dz.data() + r * gr.len,
-                 gr.len, a.data() + c0, bc.data() + c0, ca, silu, mean, rstd, s1.data() + c0,
-                 s2.data() + c0);
+      k.fold(af, z, b, g, mean, rstd);
+      auto xrow = [&](int64_t f, int64_t c) {
+        return read_row(x + b * l.sb + planar_row(l, f, c), l.spatial, l.ss, bufx);
+      };
+      auto drow = [&](int64_t f, int64_t c) {
+        return read_row(dy + b * ld.sb + planar_row(ld, f, c), l.spatial, ld.ss, bufd);
+      };
+      const int64_t o = b * z.C;
+      for (int64_t c = g * z.cpg; c < (g + 1) * z.cpg; ++c) {
+        s1[o + c] = s2[o + c] = 0;
+        for (int64_t f = 0; f < l.frames; ++f)
+          grad_row(xrow(f, c), drow(f, c), l.spatial, k.a[o + c], k.bc[o + c], mean, s1[o + c],
+                   s2[o + c], silu);
       }
-      // dxhat = dz * gain[c] with gain = w * (1 + scale); m1, m2: group means of dxhat, dxhat * xhat
-      acc_t m1 = 0, m2 = 0;
-      for (int64_t j = 0; j < cpg; ++j) {
-        const int64_t c = g * cpg + j;
-        gain[j] = af.w(c) * af.k(b, c, C);
-        m1 += gain[j] * s1[j];
-        m2 += gain[j] * s2[j];
-        s1_out[b * C + c] = s1[j];
-        s2_out[b * C + c] = s2[j];
+      k.dx(af, z, b, g, mean, rstd, s1, s2);
+      for (int64_t f = 0; f < l.frames; ++f) {
+        for (int64_t c = g * z.cpg; c < (g + 1) * z.cpg; ++c) {
+          RowWriter<scalar_t, acc_t> w{dx + b * lx.sb + planar_row(lx, f, c), l.spatial, lx.ss, out};
+          dx_row(xrow(f, c), drow(f, c), w.data(), l.spatial, k.a[o + c], k.bc[o + c], k.k_dz[o + c],
+                 k.k_x[o + c], mean, k.k_0[o + c], silu);
+          w.commit();
+        }
       }
-      m1 /= acc_t(count);
-      m2 /= acc_t(count);
-      out.resize(gr.len);
-      for (int64_t r = 0; r < gr.rows; ++r) {
-        const int64_t c0 = gr.inner_is_s ? r % cpg : 0;
-        dx_row(read_row(xg + gr.row_off(r), gr.len, gr.step, bufx), dz.data() + r * gr.len,
-               out.data(), gr.len, gain.data() + c0, ca, mean, rstd, m1, m2);
-        write_row(out.data(), dxg + gx.row_off(r), gr.len, gx.step);
+    }
+  });
+}
+
+// Channels-inner backward: per-chunk per-channel sums, reduced in float64; then a streaming
+// dx pass.
+template <typename scalar_t, typename acc_t>
+void backward_inner(const scalar_t* dy, const NormLayout& ld, const scalar_t* x,
+                    const NormLayout& l, scalar_t* dx, const NormLayout& lx, const Sizes& z,
+                    const Affine<acc_t>& af, bool silu, const acc_t* mean_in,
+                    const acc_t* rstd_in, acc_t* s1, acc_t* s2) {
+  const int64_t C = z.C, R = std::max<int64_t>(1, kChunkElems / C);
+  const int64_t chunks = (z.rows + R - 1) / R;
+  BackwardCoefficients<acc_t> k(z.B * C);
+  for (int64_t b = 0; b < z.B; ++b)
+    for (int64_t g = 0; g < z.G; ++g) k.fold(af, z, b, g, mean_in[b * z.G + g], rstd_in[b * z.G + g]);
+  std::vector<acc_t> part1(z.B * chunks * C, acc_t(0)), part2(z.B * chunks * C, acc_t(0));
+  at::parallel_for(0, z.B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> bufx, bufd;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, r0 = (task % chunks) * R, r1 = std::min(z.rows, r0 + R);
+      const int64_t o = b * C;
+      for (int64_t r = r0; r < r1; ++r)
+        grad_sums_vec(read_row(x + b * l.sb + inner_row(l, r), C, 1, bufx),
+                      read_row(dy + b * ld.sb + inner_row(ld, r), C, 1, bufd), C, k.a.data() + o,
+                      k.bc.data() + o, k.mean.data() + o, part1.data() + task * C,
+                      part2.data() + task * C, silu);
+    }
+  });
+  for (int64_t b = 0; b < z.B; ++b) {
+    for (int64_t c = 0; c < C; ++c) {
+      double t1 = 0, t2 = 0;
+      for (int64_t kk = 0; kk < chunks; ++kk) {
+        t1 += part1[(b * chunks + kk) * C + c];
+        t2 += part2[(b * chunks + kk) * C + c];
+      }
+      s1[b * C + c] = acc_t(t1);
+      s2[b * C + c] = acc_t(t2);
+    }
+    for (int64_t g = 0; g < z.G; ++g) k.dx(af, z, b, g, mean_in[b * z.G + g], rstd_in[b * z.G + g], s1, s2);
+  }
+  at::parallel_for(0, z.B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> bufx, bufd, out;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, r0 = (task % chunks) * R, r1 = std::min(z.rows, r0 + R);
+      const int64_t o = b * C;
+      for (int64_t r = r0; r < r1; ++r) {
+        RowWriter<scalar_t, acc_t> w{dx + b * lx.sb + inner_row(lx, r), C, 1, out};
+        dx_vec(read_row(x + b * l.sb + inner_row(l, r), C, 1, bufx),
+               read_row(dy + b * ld.sb + inner_row(ld, r), C, 1, bufd), w.data(), C,
+               k.a.data() + o, k.bc.data() + o, k.k_dz.data() + o, k.k_x.data() + o,
+               k.mean.data() + o, k.k_0.data() + o, silu);
+        w.commit();
       }
     }
   });
@@ -310,6 +557,11 @@ void check_args(const at::Tensor& x, int64_t G, int64_t channel_dim) {
   TORCH_CHECK(x.dim() >= channel_dim + 1, "group_norm_act: x has too few dims");
   TORCH_CHECK(G >= 1 && x.size(channel_dim) % G == 0,
               "group_norm_act: channels must be divisible by num_groups");
+}
+
+Sizes sizes_of(const NormLayout& l, int64_t G) {
+  const int64_t cpg = l.channels / G;
+  return {l.batch, l.channels, G, cpg, l.frames * l.spatial, l.frames * cpg * l.spatial};
 }
 
 template <typename F>
@@ -328,17 +580,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_fwd_cpu(
   check_args(x_in, G, channel_dim);
   const at::Tensor x = flattenable(x_in, channel_dim);
   at::Tensor y_result = at::empty_like(x_in);  // the strides the fake kernel promises
-  at::Tensor y = x.is_same(x_in) ? y_result : at::empty_like(x);
+  at::Tensor y = x.is_same(x_in) ? y_result : at::empty_like(x);  // x's strides
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor mean = at::empty({x.size(0), G}, x.options().dtype(acc));
   at::Tensor rstd = at::empty({x.size(0), G}, x.options().dtype(acc));
   if (x.numel() == 0) return {y_result, mean.zero_(), rstd.zero_()};
+  const NormLayout l = *layout_of(x, channel_dim), ly = *layout_of(y, channel_dim);
   dispatch(x.scalar_type(), [&](auto s, auto a) {
     using scalar_t = decltype(s);
     using acc_t = decltype(a);
     const Affine<acc_t> af = make_affine<acc_t>(weight, bias, scale, shift, acc);
-    forward_kernel<scalar_t, acc_t>(x, *layout_of(x, channel_dim), y, *layout_of(y, channel_dim),
-                                    G, af, silu, eps, mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>());
+    auto kernel = channels_inner(l) ? forward_inner<scalar_t, acc_t> : forward_planar<scalar_t, acc_t>;
+    kernel(x.data_ptr<scalar_t>(), l, y.data_ptr<scalar_t>(), ly, sizes_of(l, G), af, silu, eps,
+           mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>());
   });
   if (!y.is_same(y_result)) y_result.copy_(y);
   return {y_result, mean, rstd};
@@ -349,29 +603,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const at::Tensor& rstd, int64_t G, const OptTensor& weight, const OptTensor& bias,
     const OptTensor& scale, const OptTensor& shift, bool silu, int64_t channel_dim) {
   check_args(x_in, G, channel_dim);
-  at::Tensor x = flattenable(x_in, channel_dim);
+  const at::Tensor x = flattenable(x_in, channel_dim);
   at::Tensor dy = flattenable(dy_in, channel_dim);
+  const NormLayout l = *layout_of(x, channel_dim);
+  if (channels_inner(*layout_of(dy, channel_dim)) != channels_inner(l)) {
+    dy = at::empty_like(x).copy_(dy);  // rows must run the same way in x and grad_y
+  }
+  const NormLayout ld = *layout_of(dy, channel_dim);
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t B = x.size(0), C = x.size(channel_dim);
-  if (group_rows(*layout_of(x, channel_dim), C / G).inner_is_s !=
-      group_rows(*layout_of(dy, channel_dim), C / G).inner_is_s) {
-    x = x.contiguous();  // rows must run the same way in x and grad_y
-    dy = dy.contiguous();
-  }
   at::Tensor dx_result = at::empty_like(x_in);  // the strides the fake kernel promises
-  at::Tensor dx = x.is_same(x_in) ? dx_result : at::empty_like(x);
+  at::Tensor dx = x.is_same(x_in) ? dx_result : at::empty_like(x);  // x's strides
   at::Tensor s1 = at::zeros({B, C}, x.options().dtype(acc));
   at::Tensor s2 = at::zeros({B, C}, x.options().dtype(acc));
   if (x.numel() > 0) {
+    const NormLayout lx = *layout_of(dx, channel_dim);
     dispatch(x.scalar_type(), [&](auto s, auto a) {
       using scalar_t = decltype(s);
       using acc_t = decltype(a);
       const Affine<acc_t> af = make_affine<acc_t>(weight, bias, scale, shift, acc);
-      backward_kernel<scalar_t, acc_t>(dy, *layout_of(dy, channel_dim), x, *layout_of(x, channel_dim),
-                                       dx, *layout_of(dx, channel_dim), G, af, silu,
-                                       mean.contiguous().data_ptr<acc_t>(),
-                                       rstd.contiguous().data_ptr<acc_t>(), s1.data_ptr<acc_t>(),
-                                       s2.data_ptr<acc_t>());
+      auto kernel = channels_inner(l) ? backward_inner<scalar_t, acc_t> : backward_planar<scalar_t, acc_t>;
+      kernel(dy.data_ptr<scalar_t>(), ld, x.data_ptr<scalar_t>(), l, dx.data_ptr<scalar_t>(), lx,
+             sizes_of(l, G), af, silu, mean.contiguous().data_ptr<acc_t>(),
+             rstd.contiguous().data_ptr<acc_t>(), s1.data_ptr<acc_t>(), s2.data_ptr<acc_t>());
     });
   }
   // Parameter gradients from the per-(b, c) sums s1 = sum dz, s2 = sum dz * xhat.

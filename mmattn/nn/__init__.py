@@ -7,6 +7,7 @@ from mmattn.nn._ops import IMPLS, check_impl
 from mmattn.nn.attention import (AudioSelfAttention, RSMultiModalAttention, TokenSelfAttention,
                                  VideoSelfAttention)
 from mmattn.nn.conv import AudioConv, VideoConv
+from mmattn.nn.dropout import Dropout
 from mmattn.nn.init import zero_module
 from mmattn.nn.norm import GroupNormAct
 from mmattn.nn.resample import Downsample, Upsample
@@ -14,7 +15,7 @@ from mmattn.nn.resblock import AudioResBlock, MMResBlock, NormActConv, VideoResB
 from mmattn.nn.sequential import CoupledSequential
 
 __all__ = [
-    "IMPLS", "check_impl", "GroupNormAct", "VideoConv", "AudioConv", "Downsample", "Upsample",
+    "IMPLS", "check_impl", "Dropout", "GroupNormAct", "VideoConv", "AudioConv", "Downsample", "Upsample",
     "NormActConv", "VideoResBlock", "AudioResBlock", "MMResBlock", "TokenSelfAttention",
     "VideoSelfAttention", "AudioSelfAttention", "RSMultiModalAttention", "CoupledSequential",
     "zero_module",

@@ -17,9 +17,13 @@ from mmattn.nn.norm import GroupNormAct
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`[N, T, 3*H*D]` -> q, k, v, each a `[N, H, T, D]` view."""
-    n, t, _ = qkv.shape
-    return qkv.view(n, t, 3, num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    """`[N, T, 3*H*D]` -> q, k, v, each a `[N, H, T, D]` view.
+
+    Split along channels (not `unbind` of a `[3, ...]` view): the backward then concatenates
+    the three gradients straight into `[N, T, 3*H*D]`, one copy instead of a stack and a
+    reorder."""
+    n, t, c3 = qkv.shape
+    return tuple(x.unflatten(2, (num_heads, -1)).transpose(1, 2) for x in qkv.split(c3 // 3, dim=2))
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from mmattn.nn._ops import check_impl
 from mmattn.nn.attention import AudioSelfAttention, VideoSelfAttention
 from mmattn.nn.conv import AudioConv, VideoConv
+from mmattn.nn.dropout import Dropout
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import channel_view
 from mmattn.nn.norm import GroupNormAct
@@ -19,15 +21,42 @@ RESAMPLE: tuple[str | None, ...] = (None, "down", "up")
 ConvFactory = Callable[[int, int, int], nn.Module]  # (in_channels, out_channels, kernel_size)
 
 
+# Products whose outputs a NormActConv keeps for the backward; the rest of it is recomputed.
+_PRODUCTS = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default,
+             torch.ops.aten.mm.default, torch.ops.aten.bmm.default)
+
+
+def _keep_products(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _PRODUCTS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _recompute_all_but_products():
+    return create_selective_checkpoint_contexts(_keep_products)
+
+
 class NormActConv(nn.Module):
-    """`GroupNormAct (+FiLM) -> Dropout -> conv`; shapes as the conv, FiLM `scale`/`shift` `[B, C]`."""
+    """`GroupNormAct (+FiLM) -> Dropout -> conv`; shapes as the conv, FiLM `scale`/`shift` `[B, C]`.
+
+    With `impl="fused"` (the norm's), training does not keep the normalised activations for
+    the convolution's backward: they are recomputed from `x` (saved by the norm anyway) in the
+    backward, one elementwise pass, while the convolution outputs are kept (selective
+    activation checkpointing). The dropout mask is recomputed from its seed.
+    """
 
     def __init__(self, norm: GroupNormAct, conv: nn.Module, dropout: float = 0.0):
         super().__init__()
-        self.norm, self.dropout, self.conv = norm, nn.Dropout(dropout), conv
+        self.norm, self.dropout, self.conv = norm, Dropout(dropout, impl=norm.impl), conv
+        self.recompute = norm.impl == "fused"
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, scale, shift, use_reentrant=False,
+                              context_fn=_recompute_all_but_products)
+        return self._forward(x, scale, shift)
+
+    def _forward(self, x: torch.Tensor, scale: torch.Tensor | None,
+                 shift: torch.Tensor | None) -> torch.Tensor:
         return self.conv(self.dropout(self.norm(x, scale, shift)))
 
 
