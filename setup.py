@@ -46,21 +46,25 @@ def _cudart_link_args(ext) -> None:
 
 def extension():
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    # -fopenmp-simd: the CPU kernels mark their reductions `#pragma omp simd` so they
-    # vectorise without reassociating anything else (no OpenMP runtime is involved).
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+    # -fopenmp: at::parallel_for is an inline header that runs in parallel only where _OPENMP
+    # is defined (torch's own builds); without it every CPU kernel here ran on one thread. The
+    # runtime is torch's libgomp.so.1 (same soname, already loaded). The CPU kernels also mark
+    # their reductions `#pragma omp simd` so they vectorise without reassociating anything else.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    link_flags = ["-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
         print("mmattn: building CPU-only (no nvcc found or MMATTN_CUDA=0)")
         return cpp_extension.CppExtension(
             "mmattn._C", cpu_sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags}, py_limited_api=False)
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, py_limited_api=False)
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     print(f"mmattn: building with CUDA for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     ext = cpp_extension.CUDAExtension(
         "mmattn._C", cpu_sources + cuda_sources,
         include_dirs=include_dirs + _pip_cuda_dirs("include"),
         define_macros=[("MMATTN_WITH_CUDA", None)],
+        extra_link_args=link_flags,
         extra_compile_args={
             "cxx": cxx_flags,
             "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
