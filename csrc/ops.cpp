@@ -52,6 +52,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = false;
 #endif
   m.attr("cuda_max_head_dim") = mmattn::kCudaMaxHeadDim;
+  m.attr("cuda_max_batch_heads") = mmattn::kCudaMaxBatchHeads;
   m.def("segment_begin", &mmattn::segment_begin, "floor(j * n / segments)");
   m.def("segment_of", &mmattn::segment_of, "segment of token t");
   m.def("window_key_ranges", [](int64_t i, int64_t n_key, int64_t segments, int64_t window,

@@ -19,6 +19,8 @@ namespace mmattn {
 // Largest head dim D the CUDA kernels take (the tensor-core kernels: D = 32, 64, 128 in 16-bit
 // types; a generic one-warp-per-row kernel: anything else up to this).
 constexpr int kCudaMaxHeadDim = 256;
+// Largest B * H the CUDA kernels take (the grid's y dimension).
+constexpr int kCudaMaxBatchHeads = 65535;
 
 // Boundary a_j = floor(j * n / segments), for 0 <= j <= segments.
 MMATTN_HOST_DEVICE int64_t segment_begin(int64_t j, int64_t n, int64_t segments) {

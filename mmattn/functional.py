@@ -105,9 +105,9 @@ def rs_attention(q_video: torch.Tensor, k_video: torch.Tensor, v_video: torch.Te
     if q_video.is_cuda and d > _C.cuda_max_head_dim:
         raise ValueError(f"head_dim D={d} (last dim of q_video and q_audio) is not supported on CUDA: "
                          f"need D <= {_C.cuda_max_head_dim} (D = 32, 64, 128 run on tensor cores)")
-    if q_video.is_cuda and b * h > 65535:
-        raise ValueError(f"B * H = {b} * {h} of q_video exceeds 65535, the most the CUDA kernels take; "
-                         "split the batch")
+    if q_video.is_cuda and b * h > _C.cuda_max_batch_heads:
+        raise ValueError(f"B * H = {b} * {h} of q_video exceeds {_C.cuda_max_batch_heads}, the most the "
+                         "CUDA kernels take; split the batch")
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"frames must be a positive int, got {frames!r}")
     if n % frames != 0 or n == 0:

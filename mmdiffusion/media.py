@@ -140,7 +140,8 @@ def write_video(
     if audio is not None:
         audio = _check_audio(audio).detach().float().cpu()
         if sample_rate not in AAC_RATES:
-            audio, sample_rate = AF.resample(audio, sample_rate, aac_rate(sample_rate)), aac_rate(sample_rate)
+            rate_in, sample_rate = sample_rate, aac_rate(sample_rate)
+            audio = AF.resample(audio, rate_in, sample_rate)
         samples = audio.clamp(-1, 1).numpy()
     codec = codec or video_codec()
     with av.open(str(path), mode="w") as container:

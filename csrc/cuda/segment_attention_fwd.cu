@@ -41,7 +41,7 @@ Geometry check_segment_attention(const char* op, const at::Tensor& q, const at::
               ", segments=", segments, ")");
   TORCH_CHECK(q.size(2) < (int64_t{1} << 30) && k.size(2) < (int64_t{1} << 30), op,
               ": n_q and n_k must be < 2^30 on CUDA");
-  TORCH_CHECK(q.size(0) * q.size(1) <= 65535, op, ": B * H must be <= 65535 on CUDA, got ",
+  TORCH_CHECK(q.size(0) * q.size(1) <= kCudaMaxBatchHeads, op, ": B * H must be <= ", kCudaMaxBatchHeads, " on CUDA, got ",
               q.size(0) * q.size(1));
   TORCH_CHECK_VALUE(q.size(3) >= 1 && q.size(3) <= kMaxGenericHeadDim, op, ": head_dim D=",
                     q.size(3), " is not supported on CUDA (need 1 <= D <= ", kMaxGenericHeadDim,

@@ -27,7 +27,6 @@ __all__ = ["TrainedModel", "load_trained", "write_samples", "read_condition_audi
            "read_condition_video", "spectrogram_image"]
 
 
-
 @dataclass
 class TrainedModel:
     """A checkpoint's model (eval mode, no gradients), its diffusion and training config, the audio
