@@ -2,6 +2,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
@@ -22,6 +24,16 @@ std::tuple<Tensor, Tensor, Tensor> segment_attention_bwd_cpu(
     const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
     const Tensor& out, const Tensor& lse, int64_t segments, int64_t window, int64_t shift,
     double scale);
+
+// The layout of segment attention's outputs and gradients, of t's shape [B, H, N, D]: t's
+// strides when t is dense (as empty_like keeps them), else token-major ([B, N, H, D] memory).
+// Heads split off a q/k/v projection `[B, N, 3*H*D]` are not dense: their outputs and
+// gradients then merge back into `[B, N, H*D]` channels as views, with no copy.
+inline Tensor empty_rows_like(const Tensor& t) {
+  Tensor same = at::empty_like(t);
+  if (same.strides() == t.strides()) return same;
+  return at::empty({t.size(0), t.size(2), t.size(1), t.size(3)}, t.options()).transpose(1, 2);
+}
 
 // GroupNorm + affine + FiLM + SiLU over x = [B, C, *S] (channel_dim 1) or [B, F, C, *S]
 // (channel_dim 2). Returns (y, mean [B, G], rstd [B, G]).

@@ -24,14 +24,25 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
 # Segment attention: one direction of RS-MMA
 # ---------------------------------------------------------------------------------------------
 
+def empty_rows_like(t: torch.Tensor) -> torch.Tensor:
+    """The layout of segment attention's outputs and gradients (csrc/ops.h), for `t` `[B, H, N, D]`:
+    `t`'s strides when `t` is dense, else token-major (`[B, N, H, D]` memory), so that heads
+    split off a q/k/v projection merge back into channels as a view."""
+    same = torch.empty_like(t)
+    if same.stride() == t.stride():
+        return same
+    b, h, n, d = t.shape
+    return t.new_empty((b, n, h, d)).transpose(1, 2)
+
+
 @torch.library.register_fake("mmattn::segment_attention_fwd")
 def _segment_attention_fwd_fake(q, k, v, segments, window, shift, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_stats_dtype(q.dtype))
+    return empty_rows_like(q), q.new_empty(q.shape[:3], dtype=_stats_dtype(q.dtype))
 
 
 @torch.library.register_fake("mmattn::segment_attention_bwd")
 def _segment_attention_bwd_fake(grad_out, q, k, v, out, lse, segments, window, shift, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return empty_rows_like(q), empty_rows_like(k), empty_rows_like(v)
 
 
 def _segment_attention_setup(ctx, inputs, output):

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from mmattn.nn import (AudioConv, AudioResBlock, AudioSelfAttention, CoupledSequential, Downsample,
-                       GroupNormAct, MMResBlock, RSMultiModalAttention, TokenSelfAttention,
+                       GroupNormAct, MMResBlock, NormActConv, RSMultiModalAttention, TokenSelfAttention,
                        Upsample, VideoConv, VideoResBlock, VideoSelfAttention)
+from mmattn.nn import resblock
 from mmattn.nn.layout import frames_last
 from mmattn.reference import rs_attention_dense
 
@@ -289,6 +290,45 @@ def test_residual_blocks_start_as_skip_and_identity():
     for block in (VideoSelfAttention(C), RSMultiModalAttention(C, 16)):
         out = block(x, a) if isinstance(block, RSMultiModalAttention) else (block(x),)
         torch.testing.assert_close(out[0], x)
+
+
+@pytest.mark.parametrize("conv, kept", [
+    (lambda: VideoConv(C, 16), 1),           # the spatial output feeds the temporal conv
+    (lambda: VideoConv(C, 16, 1, kind="3d"), 0),
+    (lambda: AudioConv(C, 16, 3, dilation=2), 0),
+])
+def test_norm_act_conv_recompute(conv, kept, monkeypatch):
+    """Recomputing the norm (and dropout mask) in the backward gives the gradients of keeping
+    them, and keeps only the products another product needs (never the output)."""
+    decisions = []
+    policy = resblock._KeepProductsBeforeLast.__call__
+
+    def spy(self, ctx, op, *args, **kwargs):
+        decision = policy(self, ctx, op, *args, **kwargs)
+        if op in resblock._PRODUCTS and not ctx.is_recompute:
+            decisions.append(decision)
+        return decision
+
+    monkeypatch.setattr(resblock._KeepProductsBeforeLast, "__call__", spy)
+    torch.manual_seed(0)
+    conv = conv()
+    x = video() if isinstance(conv, VideoConv) else audio()
+    film = [torch.randn(B, C, requires_grad=True) for _ in range(2)]
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        block = NormActConv(GroupNormAct(8, C, channel_dim=2 if x.dim() == 5 else 1), conv, 0.3,
+                            recompute=recompute).train()
+        xg = x.clone().requires_grad_()
+        out = block(xg, *film)
+        out.backward(torch.ones_like(out))
+        grads.append([xg.grad, *(f.grad.clone() for f in film), *(p.grad.clone() for p in block.parameters())])
+        for t in [*film, *block.parameters()]:
+            t.grad = None
+    keep = torch.utils.checkpoint.CheckpointPolicy.MUST_SAVE
+    assert [d == keep for d in decisions] == [True] * kept + [False]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_mm_resblock_shares_one_embedding_projection():

@@ -69,8 +69,30 @@ def test_non_contiguous_inputs():
     inputs = (*video, *audio)
     assert not any(t.is_contiguous() for t in inputs)
     check_against_references(inputs, f, 2, 3)
-    out_v, _ = mmattn.rs_attention(*inputs, frames=f, window=2, shift=3)
-    assert out_v.stride() == torch.empty_like(video[0]).stride()  # the layout of q is kept
+    out_v, out_a = mmattn.rs_attention(*inputs, frames=f, window=2, shift=3)
+    assert out_v.stride() == torch.empty_like(video[0]).stride()  # a dense q's layout is kept
+    assert out_a.stride() == torch.empty(b, l, h, d).transpose(1, 2).stride()  # else token-major
+
+
+def test_heads_split_from_a_projection_merge_back_as_views():
+    """q/k/v split off one `[B, N, 3*H*D]` projection (not dense): outputs and gradients are
+    token-major, so merging heads into channels is a view and the gradient of the projection
+    needs no reorder."""
+    from mmattn.nn.attention import merge_heads, split_heads
+    b, f, p, l, h, d = 2, 4, 6, 20, 3, 16
+    qkv_v = torch.randn(b, f * p, 3 * h * d, dtype=torch.float64, requires_grad=True)
+    qkv_a = torch.randn(b, l, 3 * h * d, dtype=torch.float64, requires_grad=True)
+    q_v, k_v, v_v = split_heads(qkv_v, h)
+    q_a, k_a, v_a = split_heads(qkv_a, h)
+    inputs = (q_v, k_v, v_v, q_a, k_a, v_a)
+    check_against_references(inputs, f, 2, 1)
+    outs = mmattn.rs_attention(*inputs, frames=f, window=2, shift=1)
+    for out in outs:
+        assert merge_heads(out).data_ptr() == out.data_ptr()  # a view, not a copy
+    grads = torch.autograd.grad(outs, inputs, [torch.ones_like(o) for o in outs])
+    for g, t in zip(grads, inputs):
+        assert g.stride() == mmattn.functional.empty_rows_like(t).stride()
+        assert g.transpose(1, 2).is_contiguous()
 
 
 def test_broadcast_inputs():
@@ -143,9 +165,16 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
-def test_opcheck():
-    q, k, v = (torch.randn(2, 2, 12, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    ka, va = (torch.randn(2, 2, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+@pytest.mark.parametrize("split", [False, True])
+def test_opcheck(split):
+    """`split`: q, k, v are heads split off one projection (not dense: token-major outputs)."""
+    if split:
+        from mmattn.nn.attention import split_heads
+        q, ka, va = split_heads(torch.randn(2, 12, 3 * 16, dtype=torch.float64), 2)
+        q, ka, va = (t.requires_grad_() for t in (q, ka, va))
+    else:
+        q = torch.randn(2, 2, 12, 8, dtype=torch.float64, requires_grad=True)
+        ka, va = (torch.randn(2, 2, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
     torch.library.opcheck(torch.ops.mmattn.segment_attention_fwd.default, (q, ka, va, 4, 2, 1, 0.35))
     q, ka, va = q.detach(), ka.detach(), va.detach()  # the backward op is not differentiable
     out, lse = torch.ops.mmattn.segment_attention_fwd(q, ka, va, 4, 2, 1, 0.35)

@@ -334,13 +334,13 @@ at::Tensor rows_contiguous(const at::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();
 }
 
-// Outputs get the strides of empty_like(input) (as the fake kernels promise). The kernels
+// Outputs get the strides of empty_rows_like(input) (as the fake kernels promise). The kernels
 // write rows with unit D stride: `work` is the output itself, or a stand-in copied back by
 // `finish`.
 struct Output {
   at::Tensor result, work;
   explicit Output(const at::Tensor& like)
-      : result(at::empty_like(like)),
+      : result(empty_rows_like(like)),
         work(result.stride(-1) == 1 ? result : at::empty_like(like, at::MemoryFormat::Contiguous)) {}
   at::Tensor finish() {
     if (!work.is_same(result)) result.copy_(work);

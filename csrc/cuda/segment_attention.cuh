@@ -124,7 +124,7 @@ at::Tensor rows_ready(const at::Tensor& t, bool tensor_cores);
 
 RowsArg rows_arg(const at::Tensor& t);
 
-// An output with the strides of empty_like(like) (what the fake kernels promise); the kernels
+// An output with the strides of empty_rows_like(like) (what the fake kernels promise); the kernels
 // write `work`: the result itself when its rows are usable, else a contiguous stand-in that
 // finish() copies back.
 struct Output {

@@ -84,7 +84,7 @@ RowsArg rows_arg(const at::Tensor& t) {
           t.size(2) > 1 ? t.stride(2) : 0};
 }
 
-Output::Output(const at::Tensor& like, bool tensor_cores) : result(at::empty_like(like)) {
+Output::Output(const at::Tensor& like, bool tensor_cores) : result(empty_rows_like(like)) {
   const bool usable = result.stride(3) == 1 && (!tensor_cores || rows_aligned(result));
   work = usable ? result : at::empty_like(like, at::MemoryFormat::Contiguous);
 }

@@ -41,6 +41,11 @@ class VideoConv(nn.Module):
         else:
             self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, padding=pad)
 
+    @property
+    def products(self) -> int:
+        """Convolutions/matrix products a call runs (see `NormActConv`)."""
+        return 2 if self.kind == "2d+1d" else 1
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         check_video(video, self.in_channels)
         x = frames_last(video)
