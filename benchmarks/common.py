@@ -1,6 +1,7 @@
 """Timing and memory helpers shared by the benchmarks."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -90,6 +91,15 @@ def peak_rss_growth(fn: Callable[[], object]) -> int:
 # to need less than its own outputs. A fixed threshold maps every block of 128 KiB or more
 # afresh and unmaps it on free, so the probe sees each call's big allocations.
 _PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
+def fix_mmap_threshold() -> None:
+    """`_PROBE_ENV` for this process (glibc's mallopt): each big block is mapped and unmapped
+    afresh, so resident-set probes see what a call allocates. A no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def cpu_peak_extra_bytes(module: str, *probe_args: str) -> int:

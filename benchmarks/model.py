@@ -4,11 +4,13 @@
                                [--repeat N] [--threads N] [--preset paper-64] [--out results.json]
 
 Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
-bfloat16); on CUDA batch 4 with `fused:bf16,reference:bf16`. For each variant: forward
+bfloat16); on CUDA batch 4 with `fused:bf16,fused:bf16:keep,reference:bf16` (`:keep`: without
+the blocks' selective recomputation, which is on by default on accelerators). For each variant: forward
 (inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
 scratch) time, as the median of runs interleaved across variants so that machine noise hits
 all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
-size over the resident size before the call, after glibc's malloc_trim; Linux only). On CPU
+size over the resident size before the call, after glibc's malloc_trim, with a fixed mmap
+threshold so that freed blocks leave the resident set; Linux only). On CPU
 the process CPU time is reported too: on a shared machine it tracks the work done far better
 than wall time. All variants share one set of random weights.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import device_name, format_table, sync, write_json
+from benchmarks.common import device_name, fix_mmap_threshold, format_table, sync, write_json
+from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import CoupledUNet, UNetConfig
 
 AUTOCAST = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -118,15 +121,24 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: 
             for name, rs in runs.items()}
 
 
+RECOMPUTE = {"recompute": True, "keep": False}
+
+
 def build_variants(config: UNetConfig, variants: list[str], device: torch.device) -> dict[str, CoupledUNet]:
-    """One model per `impl:precision` variant, all with the weights of the first."""
+    """One model per `impl:precision[:recompute|keep]` variant, all with the weights of the
+    first. The optional last field forces the blocks' selective recomputation on or off
+    (default: on for accelerators, off on CPU; `mmattn.nn.recompute`)."""
     models: dict[str, CoupledUNet] = {}
     for variant in variants:
-        impl, precision = variant.split(":")
+        impl, precision, *memory = variant.split(":")
         if precision not in AUTOCAST:
             raise ValueError(f"precision must be one of {tuple(AUTOCAST)}, got {precision!r} in {variant!r}")
+        if len(memory) > 1 or (memory and memory[0] not in RECOMPUTE):
+            raise ValueError(f"variant must be impl:precision[:recompute|keep], got {variant!r}")
         torch.manual_seed(0)
         model = CoupledUNet(dataclasses.replace(config, impl=impl, autocast=AUTOCAST[precision])).to(device)
+        if memory:
+            set_recompute(model, RECOMPUTE[memory[0]])
         if models:
             model.load_state_dict(next(iter(models.values())).state_dict())
         models[variant] = model
@@ -135,6 +147,8 @@ def build_variants(config: UNetConfig, variants: list[str], device: torch.device
 
 def run(config: UNetConfig, variants: list[str], batch: int, device: torch.device,
         repeat: int) -> list[dict]:
+    if device.type == "cpu":
+        fix_mmap_threshold()
     models = build_variants(config, variants, device)
     video, audio, timesteps = make_inputs(config, batch, device)
     rows = []
@@ -167,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
-    variants = (args.variants or ("fused:bf16,reference:bf16" if cuda else
+    variants = (args.variants or ("fused:bf16,fused:bf16:keep,reference:bf16" if cuda else
                                   "fused:fp32,reference:fp32,fused:bf16")).split(",")
     batch = args.batch or (4 if cuda else 1)
     repeat = args.repeat or (5 if cuda else 1)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mmattn.nn import (AudioConv, AudioResBlock, AudioSelfAttention, CoupledSequential, Downsample,
                        GroupNormAct, MMResBlock, NormActConv, RSMultiModalAttention, TokenSelfAttention,
                        Upsample, VideoConv, VideoResBlock, VideoSelfAttention)
-from mmattn.nn import resblock
+from mmattn.nn import recompute
 from mmattn.nn.layout import frames_last
 from mmattn.reference import rs_attention_dense
 
@@ -292,6 +292,38 @@ def test_residual_blocks_start_as_skip_and_identity():
         torch.testing.assert_close(out[0], x)
 
 
+def _spy_on_kept_ops(monkeypatch) -> list:
+    """Record the ops whose outputs selective recomputation keeps in the forward."""
+    kept, policy = [], recompute.KeepOutputs.__call__
+
+    def spy(self, ctx, op, *args, **kwargs):
+        decision = policy(self, ctx, op, *args, **kwargs)
+        if decision == torch.utils.checkpoint.CheckpointPolicy.MUST_SAVE and not ctx.is_recompute:
+            kept.append(op)
+        return decision
+
+    monkeypatch.setattr(recompute.KeepOutputs, "__call__", spy)
+    return kept
+
+
+def _grads_with_and_without_recompute(make, inputs, extra=()) -> list[list[torch.Tensor]]:
+    """Gradients of inputs, `extra` tensors and parameters of `make(recompute)` for both settings,
+    with the same random state (dropout masks, RS-MMA shifts) in both runs."""
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        block = make(flag).train()
+        xs = [x.clone().requires_grad_() for x in inputs]
+        torch.manual_seed(1)
+        out = _outputs(block(*xs, *extra))
+        torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+        grads.append([x.grad for x in xs] + [e.grad.clone() for e in extra]
+                     + [p.grad for p in block.parameters()])
+        for e in extra:
+            e.grad = None
+    return grads
+
+
 @pytest.mark.parametrize("conv, kept", [
     (lambda: VideoConv(C, 16), 1),           # the spatial output feeds the temporal conv
     (lambda: VideoConv(C, 16, 1, kind="3d"), 0),
@@ -300,34 +332,37 @@ def test_residual_blocks_start_as_skip_and_identity():
 def test_norm_act_conv_recompute(conv, kept, monkeypatch):
     """Recomputing the norm (and dropout mask) in the backward gives the gradients of keeping
     them, and keeps only the products another product needs (never the output)."""
-    decisions = []
-    policy = resblock._KeepProductsBeforeLast.__call__
-
-    def spy(self, ctx, op, *args, **kwargs):
-        decision = policy(self, ctx, op, *args, **kwargs)
-        if op in resblock._PRODUCTS and not ctx.is_recompute:
-            decisions.append(decision)
-        return decision
-
-    monkeypatch.setattr(resblock._KeepProductsBeforeLast, "__call__", spy)
+    kept_ops = _spy_on_kept_ops(monkeypatch)
     torch.manual_seed(0)
     conv = conv()
     x = video() if isinstance(conv, VideoConv) else audio()
     film = [torch.randn(B, C, requires_grad=True) for _ in range(2)]
-    grads = []
-    for recompute in (False, True):
-        torch.manual_seed(0)
-        block = NormActConv(GroupNormAct(8, C, channel_dim=2 if x.dim() == 5 else 1), conv, 0.3,
-                            recompute=recompute).train()
-        xg = x.clone().requires_grad_()
-        out = block(xg, *film)
-        out.backward(torch.ones_like(out))
-        grads.append([xg.grad, *(f.grad.clone() for f in film), *(p.grad.clone() for p in block.parameters())])
-        for t in [*film, *block.parameters()]:
-            t.grad = None
-    keep = torch.utils.checkpoint.CheckpointPolicy.MUST_SAVE
-    assert [d == keep for d in decisions] == [True] * kept + [False]
-    for a, b in zip(*grads):
+    make = lambda flag: NormActConv(GroupNormAct(8, C, channel_dim=2 if x.dim() == 5 else 1),  # noqa: E731
+                                    conv, 0.3, recompute=flag)
+    with_keep, with_recompute = _grads_with_and_without_recompute(make, [x], film)
+    assert len(kept_ops) == kept and all(op in recompute.PRODUCTS for op in kept_ops)
+    for a, b in zip(with_keep, with_recompute):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["TokenSelfAttention", "VideoSelfAttention", "AudioSelfAttention",
+                                  "RSMultiModalAttention"])
+def test_attention_recompute(name, monkeypatch):
+    """Attention blocks keep only the attention kernels' outputs; the recomputed norm and q/k/v
+    projection (and the RS-MMA shift, drawn outside) give the gradients of keeping them."""
+    kept_ops = _spy_on_kept_ops(monkeypatch)
+    make_block, inputs = {
+        "TokenSelfAttention": (lambda r: TokenSelfAttention(C, 2, recompute=r), (torch.randn(B, 3, 10, C),)),
+        "VideoSelfAttention": (lambda r: VideoSelfAttention(C, 4, recompute=r), (video(),)),
+        "AudioSelfAttention": (lambda r: AudioSelfAttention(C, 2, recompute=r), (audio(),)),
+        "RSMultiModalAttention": (lambda r: RSMultiModalAttention(C, 16, window=2, recompute=r),
+                                  (video(), audio())),
+    }[name]
+    with_keep, with_recompute = _grads_with_and_without_recompute(
+        lambda flag: randomize_(make_block(flag)), inputs)
+    calls = {"VideoSelfAttention": 2, "RSMultiModalAttention": 2}.get(name, 1)
+    assert len(kept_ops) == calls and all(op in recompute.attention_kernels() for op in kept_ops)
+    for a, b in zip(with_keep, with_recompute):
         torch.testing.assert_close(a, b)
 
 

@@ -9,6 +9,7 @@ import torch
 
 import mmdiffusion
 from mmattn.nn import RSMultiModalAttention
+from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import PRESETS, CoupledUNet, UNetConfig, timestep_embedding
 
 # A small config with every feature of paper-64 (3 levels, RS-MMA with random shifts at two
@@ -122,17 +123,20 @@ def test_cross_shift_semantics(monkeypatch):
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     """Dropout on and shifts drawn per layer: recomputation must see the same dropout masks and
-    the same shifts (drawn outside the checkpointed regions)."""
+    the same shifts (drawn outside the checkpointed regions), with block checkpointing, the
+    blocks' selective recomputation (on by default on accelerators) and both nested."""
     grads = []
-    for use_checkpoint in (False, True):
+    for use_checkpoint, recompute in ((False, False), (True, False), (False, True), (True, True)):
         model = randomized(dataclasses.replace(SMALL, use_checkpoint=use_checkpoint)).train()
+        set_recompute(model, recompute)
         video, audio, t = inputs(SMALL)
         torch.manual_seed(7)
         out_v, out_a = model(video, audio, t)
         (out_v.square().mean() + out_a.square().mean()).backward()
         grads.append([p.grad for p in model.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_and_reference_paths_agree():

@@ -3,6 +3,10 @@
 All blocks are residual: GroupNorm(32) -> q/k/v projection -> attention -> zero-initialised
 output projection -> `x + out`. q/k/v channels are ordered `(q|k|v, head, head_dim)`, the
 published order, so published 1x1-convolution weights load as they are (flattened).
+
+`recompute` (fused blocks; default None: on accelerators, see `mmattn.nn.recompute`): in
+training keep only the block's input and the attention kernel's outputs for the backward, and
+recompute the norm and the q/k/v projection there (the published blocks recompute everything).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from mmattn.nn._ops import check_impl, rs_attention
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import check_audio, check_video, tokens_to_video, video_tokens
 from mmattn.nn.norm import GroupNormAct
+from mmattn.nn.recompute import attention_kernels, checkpoint_keeping, wants_recompute
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,17 +55,24 @@ class TokenSelfAttention(nn.Module):
     channels of a group). `x` may be any strided view; the output keeps its memory order.
     """
 
-    def __init__(self, channels: int, num_heads: int = 4, *, impl: str = "fused"):
+    def __init__(self, channels: int, num_heads: int = 4, *, impl: str = "fused",
+                 recompute: bool | None = None):
         super().__init__()
         self.channels, self.num_heads = channels, _heads(channels, num_heads, None)
         self.norm = GroupNormAct(32, channels, act=None, impl=impl)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = zero_module(nn.Linear(channels, channels))
+        self.recompute = recompute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3 or x.shape[-1] != self.channels:
             raise ValueError(f"{type(self).__name__} expected tokens [*N, T, C={self.channels}], "
                              f"got shape {tuple(x.shape)}")
+        if self.norm.impl == "fused" and wants_recompute(self.recompute, x):
+            return checkpoint_keeping(self._attend, x, ops=attention_kernels())
+        return self._attend(x)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         t, c = x.shape[-2:]
         tokens = x.reshape(-1, t, c)
         h = self.norm(tokens.transpose(1, 2)).transpose(1, 2)
@@ -74,11 +86,12 @@ class VideoSelfAttention(nn.Module):
     each pixel: `[B, F, C, H, W] -> [B, F, C, H, W]` (frames-last memory)."""
     streams = "video"
 
-    def __init__(self, channels: int, num_heads: int = 4, *, impl: str = "fused"):
+    def __init__(self, channels: int, num_heads: int = 4, *, impl: str = "fused",
+                 recompute: bool | None = None):
         super().__init__()
         self.channels = channels
-        self.spatial = TokenSelfAttention(channels, num_heads, impl=impl)
-        self.temporal = TokenSelfAttention(channels, num_heads, impl=impl)
+        self.spatial = TokenSelfAttention(channels, num_heads, impl=impl, recompute=recompute)
+        self.temporal = TokenSelfAttention(channels, num_heads, impl=impl, recompute=recompute)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         b, f, c, h, w = check_video(video, self.channels)
@@ -109,11 +122,12 @@ class RSMultiModalAttention(nn.Module):
     streams = "pair+shift"
 
     def __init__(self, channels: int, num_head_channels: int = 64, window: int = 1,
-                 random_shift: bool = True, *, impl: str = "fused"):
+                 random_shift: bool = True, *, impl: str = "fused", recompute: bool | None = None):
         super().__init__()
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.channels, self.window, self.random_shift = channels, window, random_shift
+        self.recompute = recompute
         self.num_heads = _heads(channels, None, num_head_channels)
         self.impl = check_impl(impl)
         self.video_norm = GroupNormAct(32, channels, act=None, channel_dim=2, impl=impl)
@@ -144,6 +158,13 @@ class RSMultiModalAttention(nn.Module):
         if audio.shape[2] < f:
             raise ValueError(f"audio length L ({audio.shape[2]}) must be >= frames F ({f})")
         shift = self.draw_shift(f) if shift is None else int(shift)
+        if self.impl == "fused" and wants_recompute(self.recompute, video):
+            return checkpoint_keeping(self._attend, video, audio, shift, ops=attention_kernels())
+        return self._attend(video, audio, shift)
+
+    def _attend(self, video: torch.Tensor, audio: torch.Tensor,
+                shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = video.shape[1]
         q_v, k_v, v_v = split_heads(self.video_qkv(video_tokens(self.video_norm(video))), self.num_heads)
         q_a, k_a, v_a = split_heads(self.audio_qkv(self.audio_norm(audio).transpose(1, 2)), self.num_heads)
         out_v, out_a = rs_attention(q_v, k_v, v_v, q_a, k_a, v_a, frames=f, window=self.window,

@@ -6,7 +6,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from mmattn.nn._ops import check_impl
 from mmattn.nn.attention import AudioSelfAttention, VideoSelfAttention
@@ -15,45 +14,23 @@ from mmattn.nn.dropout import Dropout
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import channel_view
 from mmattn.nn.norm import GroupNormAct
+from mmattn.nn.recompute import PRODUCTS, checkpoint_keeping, wants_recompute
 from mmattn.nn.resample import Downsample, Upsample
 
 RESAMPLE: tuple[str | None, ...] = (None, "down", "up")
 ConvFactory = Callable[[int, int, int], nn.Module]  # (in_channels, out_channels, kernel_size)
 
 
-# Products: the ops whose outputs a NormActConv keeps for the backward (all but the last).
-_PRODUCTS = (torch.ops.aten.convolution.default, torch.ops.aten.addmm.default,
-             torch.ops.aten.mm.default, torch.ops.aten.bmm.default)
-
-
-class _KeepProductsBeforeLast:
-    """Selective-checkpoint policy for one call: keep the outputs of its first `keep` products
-    (another product's input, e.g. the spatial convolution of a "2d+1d" `VideoConv`), recompute
-    everything else. The last product's output is the call's output, which nothing inside
-    needs: keeping it would hold one output-sized tensor per block until the backward."""
-
-    def __init__(self, keep: int):
-        self.keep, self.seen = keep, {False: 0, True: 0}  # products seen, forward / recompute
-
-    def __call__(self, ctx, op, *args, **kwargs) -> CheckpointPolicy:
-        if op not in _PRODUCTS:
-            return CheckpointPolicy.PREFER_RECOMPUTE
-        index = self.seen[ctx.is_recompute]
-        self.seen[ctx.is_recompute] += 1
-        return CheckpointPolicy.MUST_SAVE if index < self.keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-
 class NormActConv(nn.Module):
     """`GroupNormAct (+FiLM) -> Dropout -> conv`; shapes as the conv, FiLM `scale`/`shift` `[B, C]`.
 
-    `recompute` (fused norm only) trades a little compute for activation memory in training:
-    only `x` (saved by the norm anyway) and the outputs of the conv's inner products
-    (`conv.products - 1` of them, `products` defaulting to 1) are kept; the normalised
-    activations, the dropout mask and the conv's input are recomputed in the backward, one
-    elementwise pass (selective activation checkpointing; the recomputation stops before the
-    last product). `None` (default): recompute on accelerators, where the elementwise pass is
-    cheap and memory bounds the batch, not on CPU, where it costs about 5% of a paper-64
-    training step (measured on 2 cores) and saves about 10% of its memory.
+    `recompute` (fused norm only; see `mmattn.nn.recompute`, default None: on accelerators)
+    trades a little compute for activation memory in training: only `x` (saved by the norm
+    anyway) and the outputs of the conv's inner products (`conv.products - 1` of them,
+    `products` defaulting to 1) are kept; the normalised activations, the dropout mask and the
+    conv's input are recomputed in the backward, one elementwise pass. The conv's own output is
+    not kept (nothing inside needs it). On 2 CPU cores recomputing costs about 5% of a paper-64
+    training step and saves about 10% of its memory.
     """
 
     def __init__(self, norm: GroupNormAct, conv: nn.Module, dropout: float = 0.0,
@@ -64,12 +41,9 @@ class NormActConv(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
-        recompute = x.device.type != "cpu" if self.recompute is None else self.recompute
-        if recompute and self.norm.impl == "fused" and torch.is_grad_enabled():
-            keep = getattr(self.conv, "products", 1) - 1
-            return checkpoint(self._forward, x, scale, shift, use_reentrant=False,
-                              context_fn=lambda: create_selective_checkpoint_contexts(
-                                  _KeepProductsBeforeLast(keep)))
+        if self.norm.impl == "fused" and wants_recompute(self.recompute, x):
+            return checkpoint_keeping(self._forward, x, scale, shift, ops=PRODUCTS,
+                                      count=getattr(self.conv, "products", 1) - 1)
         return self._forward(x, scale, shift)
 
     def _forward(self, x: torch.Tensor, scale: torch.Tensor | None,
