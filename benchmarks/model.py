@@ -2,6 +2,7 @@
 
     python -m benchmarks.model [--device cpu|cuda] [--batch N] [--variants fused:fp32,...]
                                [--repeat N] [--threads N] [--preset paper-64] [--out results.json]
+                               [--published PATH-TO-MM-Diffusion-checkout]
 
 Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
 bfloat16); on CUDA batch 4 with `fused:bf16,fused:bf16:keep,reference:bf16` (`:keep`: without
@@ -9,8 +10,8 @@ the blocks' selective recomputation, which is on by default on accelerators). Fo
 (inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
 scratch) time, as the median of runs interleaved across variants so that machine noise hits
 all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
-size over the resident size before the call, after glibc's malloc_trim, with a fixed mmap
-threshold so that freed blocks leave the resident set; Linux only). On CPU
+size over the resident size before the call, after glibc's malloc_trim, in a pass of its own
+after the timing: see `cpu_peaks`; Linux only). On CPU
 the process CPU time is reported too: on a shared machine it tracks the work done far better
 than wall time. All variants share one set of random weights.
 """
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import device_name, fix_mmap_threshold, format_table, sync, write_json
+from benchmarks.published import published_model
 from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import CoupledUNet, UNetConfig
 
@@ -124,13 +126,22 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: 
 RECOMPUTE = {"recompute": True, "keep": False}
 
 
-def build_variants(config: UNetConfig, variants: list[str], device: torch.device) -> dict[str, CoupledUNet]:
+def build_variants(config: UNetConfig, variants: list[str], device: torch.device,
+                   published: Path | None = None) -> dict[str, torch.nn.Module]:
     """One model per `impl:precision[:recompute|keep]` variant, all with the weights of the
-    first. The optional last field forces the blocks' selective recomputation on or off
-    (default: on for accelerators, off on CPU; `mmattn.nn.recompute`)."""
-    models: dict[str, CoupledUNet] = {}
+    first of ours. The optional last field forces the blocks' selective recomputation on or off
+    (default: on for accelerators, off on CPU; `mmattn.nn.recompute`). `published:fp32|fp16`
+    is the published model built from the checkout at `published` (its own random weights)."""
+    models: dict[str, torch.nn.Module] = {}
+    ours: CoupledUNet | None = None
     for variant in variants:
         impl, precision, *memory = variant.split(":")
+        if impl == "published":
+            if published is None:
+                raise ValueError(f"variant {variant!r} needs --published PATH (a checkout of MM-Diffusion)")
+            torch.manual_seed(0)
+            models[variant] = published_model(config, published, precision).to(device)
+            continue
         if precision not in AUTOCAST:
             raise ValueError(f"precision must be one of {tuple(AUTOCAST)}, got {precision!r} in {variant!r}")
         if len(memory) > 1 or (memory and memory[0] not in RECOMPUTE):
@@ -139,31 +150,57 @@ def build_variants(config: UNetConfig, variants: list[str], device: torch.device
         model = CoupledUNet(dataclasses.replace(config, impl=impl, autocast=AUTOCAST[precision])).to(device)
         if memory:
             set_recompute(model, RECOMPUTE[memory[0]])
-        if models:
-            model.load_state_dict(next(iter(models.values())).state_dict())
+        if ours is None:
+            ours = model
+        else:
+            model.load_state_dict(ours.state_dict())
         models[variant] = model
     return models
 
 
+def cpu_peaks(fns: dict[str, Callable[[], object]]) -> dict[str, int | None]:
+    """Peak extra resident memory of one call of each function, on CPU, in a pass after all
+    timing: from here on every block of 128 KiB or more is mapped afresh and unmapped on free,
+    so the resident set sees each call's own allocations (with glibc's default, a call reuses
+    blocks freed earlier without growing it). Fresh mappings also cost page faults, hence not
+    while timing."""
+    fix_mmap_threshold()
+    cpu, peaks = torch.device("cpu"), {}
+    for name, fn in fns.items():
+        base = _reset_peak(cpu)
+        fn()
+        peaks[name] = _peak(cpu, base)
+    return peaks
+
+
 def run(config: UNetConfig, variants: list[str], batch: int, device: torch.device,
-        repeat: int) -> list[dict]:
-    if device.type == "cpu":
-        fix_mmap_threshold()
-    models = build_variants(config, variants, device)
+        repeat: int, published: Path | None = None) -> list[dict]:
+    models = build_variants(config, variants, device, published)
     video, audio, timesteps = make_inputs(config, batch, device)
+    modes = ("forward", "forward+backward")
+    fns = {mode: {v: step_functions(m, video, audio, timesteps)[mode] for v, m in models.items()}
+           for mode in modes}
+    results = {mode: measure(fns[mode], device, repeat=repeat) for mode in modes}
+    if device.type == "cpu":
+        for mode in modes:
+            peaks = cpu_peaks(fns[mode])
+            results[mode] = {v: dataclasses.replace(r, peak_bytes=peaks[v]) for v, r in results[mode].items()}
     rows = []
-    for mode in ("forward", "forward+backward"):
-        fns = {v: step_functions(m, video, audio, timesteps)[mode] for v, m in models.items()}
-        results = measure(fns, device, repeat=repeat)
-        reference = {v.split(":")[1]: results[v] for v in variants if v.startswith("reference:")}
-        for variant, r in results.items():
+    for mode in modes:
+        reference = {v.split(":")[1]: results[mode][v] for v in variants if v.startswith("reference:")}
+        baseline = next((results[mode][v] for v in variants if v.startswith("published:")), None)
+        for variant, r in results[mode].items():
             ref = reference.get(variant.split(":")[1])
             rows.append({"variant": variant, "mode": mode, "batch": batch, "seconds": r.seconds,
                          "cpu_seconds": r.cpu_seconds,
                          "peak_mb": None if r.peak_bytes is None else r.peak_bytes / 2**20,
                          "reference_over_ours": None if ref is None else ref.seconds / r.seconds,
                          "reference_over_ours_cpu": (None if ref is None or r.cpu_seconds is None
-                                                     else ref.cpu_seconds / r.cpu_seconds)})
+                                                     else ref.cpu_seconds / r.cpu_seconds),
+                         "published_over_ours": None if baseline is None else baseline.seconds / r.seconds,
+                         "memory_over_published": (None if baseline is None or not baseline.peak_bytes
+                                                   or r.peak_bytes is None
+                                                   else r.peak_bytes / baseline.peak_bytes)})
     return rows
 
 
@@ -175,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="timed runs per variant (default: 1 on CPU, 5 on CUDA)")
     parser.add_argument("--preset", default="paper-64")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--published", type=Path, help="a checkout of researchmm/MM-Diffusion: enables the "
+                        "published:fp32|fp16 variants (default variants then add the published one)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -183,15 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     variants = (args.variants or ("fused:bf16,fused:bf16:keep,reference:bf16" if cuda else
                                   "fused:fp32,reference:fp32,fused:bf16")).split(",")
+    if args.published and not args.variants:
+        variants.insert(0, "published:fp16" if cuda else "published:fp32")
     batch = args.batch or (4 if cuda else 1)
     repeat = args.repeat or (5 if cuda else 1)
     config = UNetConfig.preset(args.preset)
     print(f"{args.preset} on {device_name(device)}, batch {batch}, torch {torch.__version__}")
-    rows = run(config, variants, batch, device, repeat)
+    rows = run(config, variants, batch, device, repeat, args.published)
     print(format_table(rows, [("variant", "variant", "s"), ("mode", "mode", "s"), ("seconds", "time (s)", ".3f"),
                               ("cpu_seconds", "CPU time (s)", ".3f"), ("peak_mb", "peak extra memory (MiB)", ".0f"),
                               ("reference_over_ours", "reference / ours (time)", ".2f"),
-                              ("reference_over_ours_cpu", "reference / ours (CPU time)", ".2f")]))
+                              ("reference_over_ours_cpu", "reference / ours (CPU time)", ".2f"),
+                              *([("published_over_ours", "published / this (time)", ".2f"),
+                                 ("memory_over_published", "memory / published", ".2f")]
+                                if args.published else [])]))
     if args.out:
         write_json(args.out, {"preset": args.preset, "device": device_name(device), "rows": rows})
     return 0

@@ -3,8 +3,10 @@
 # that holds a CUDA build of torch (no network, no installs):
 #   1. builds mmattn._C for the local GPU only (TORCH_CUDA_ARCH_LIST from the device capability);
 #   2. runs the CUDA tests (tests/test_cuda.py) and the index tests;
-#   3. measures the copy bandwidth and bf16 matrix rate of the card, then runs
-#      `python -m benchmarks.kernels` case by case (a timeout loses one case, not all);
+#   3. runs `python -m benchmarks.model` (paper-64, batch 4; with GPU_CHECK_PUBLISHED=PATH, a
+#      checkout of researchmm/MM-Diffusion, against the published model in fp16), measures the
+#      copy bandwidth and bf16 matrix rate of the card, then runs `python -m benchmarks.kernels`
+#      case by case (a timeout loses one case, not all);
 #   4. with time to spare, runs compute-sanitizer (memcheck, racecheck) over every kernel once;
 #   5. writes results.json and results.md (device, each ratio, TFLOP/s, GB/s, targets).
 #
@@ -90,6 +92,13 @@ else
 fi
 
 # ---- 3. benchmarks -----------------------------------------------------------------------------
+MODEL_ARGS=(--device cuda --batch 4 --repeat 3 --out "$OUTDIR/model.json")
+[[ -n ${GPU_CHECK_PUBLISHED:-} ]] && MODEL_ARGS+=(--published "$GPU_CHECK_PUBLISHED")
+log "model benchmark: paper-64, batch 4 (log: model.log)"
+timeout "$(step_timeout 150)" $PY -m benchmarks.model "${MODEL_ARGS[@]}" > "$OUTDIR/model.log" 2>&1
+note model_rc $?
+tail -8 "$OUTDIR/model.log"
+
 log "device ceilings: copy bandwidth, bf16 matrix rate"
 timeout "$(step_timeout 60)" $PY - > "$OUTDIR/ceilings.json" 2> "$OUTDIR/ceilings.log" <<'EOF'
 import json, torch
@@ -204,7 +213,17 @@ for case in sorted({r["case"] for r in rows if r["kind"] == "norm"}):
         r = row("norm", case, "fwdbwd", base)
         target(f"norm {case} fwd+bwd: {base} time / ours", r and r["speedup"], goal)
 
-result = dict(device=device, env=env, status=status, ceilings=ceil, tests=tests, rows=rows, targets=targets)
+try:
+    model_rows = json.load(open(os.path.join(out, "model.json")))["rows"]
+except Exception:
+    model_rows = []
+for r in model_rows:
+    if r["mode"] == "forward+backward" and r.get("published_over_ours") and not r["variant"].startswith("published"):
+        target(f"model {r['variant']} fwd+bwd: published fp16 time / ours", r["published_over_ours"], 3.0)
+        target(f"model {r['variant']} fwd+bwd: peak memory / published", r["memory_over_published"], 0.6, higher=False)
+
+result = dict(device=device, env=env, status=status, ceilings=ceil, tests=tests, rows=rows,
+              model_rows=model_rows, targets=targets)
 json.dump(result, open(os.path.join(out, "results.json"), "w"), indent=2)
 
 fmt = lambda v, f: "" if v is None else format(v, f)
@@ -217,6 +236,13 @@ md = [f"# mmattn GPU check: {device}", "", "```", *env, "```", "",
 for r in rows:
     md.append(f"| {r['kind']} | {r['case']} | {r['mode']} | {r['impl']} | {r['ms']:.3f} | {r['speedup']:.2f} | "
               f"{fmt(r.get('tflops'), '.1f')} | {fmt(r.get('gbps'), '.0f')} | {r['peak_mb']:.0f} |")
+if model_rows:
+    md += ["", "| model variant | mode | batch | ms | peak extra MiB | published / this | memory / published |",
+           "|---|---|---|---|---|---|---|"]
+    for r in model_rows:
+        md.append(f"| {r['variant']} | {r['mode']} | {r['batch']} | {r['seconds'] * 1e3:.1f} | "
+                  f"{fmt(r['peak_mb'], '.0f')} | {fmt(r.get('published_over_ours'), '.2f')} | "
+                  f"{fmt(r.get('memory_over_published'), '.2f')} |")
 md += ["", "| target | value | goal | met |", "|---|---|---|---|"]
 for t in targets:
     md.append(f"| {t['target']} | {fmt(t['value'], '.3f')} | {t['goal']} | {t['ok']} |")
