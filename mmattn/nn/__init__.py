@@ -2,6 +2,8 @@
 
 Video tensors are `[B, F, C, H, W]`, audio `[B, C, L]`, embeddings `[B, E]`. Blocks that use
 the fused operators take `impl="fused"` (default) or `impl="reference"` (pure PyTorch).
+`NormActConv` and the attention blocks recompute norms and projections in the backward instead
+of keeping them (`recompute`, default: on accelerators only; `set_recompute` sets a whole model).
 """
 from mmattn.nn._ops import IMPLS, check_impl
 from mmattn.nn.attention import (AudioSelfAttention, RSMultiModalAttention, TokenSelfAttention,
@@ -10,6 +12,7 @@ from mmattn.nn.conv import AudioConv, VideoConv
 from mmattn.nn.dropout import Dropout
 from mmattn.nn.init import zero_module
 from mmattn.nn.norm import GroupNormAct
+from mmattn.nn.recompute import set_recompute
 from mmattn.nn.resample import Downsample, Upsample
 from mmattn.nn.resblock import AudioResBlock, MMResBlock, NormActConv, VideoResBlock
 from mmattn.nn.sequential import CoupledSequential
@@ -18,5 +21,5 @@ __all__ = [
     "IMPLS", "check_impl", "Dropout", "GroupNormAct", "VideoConv", "AudioConv", "Downsample", "Upsample",
     "NormActConv", "VideoResBlock", "AudioResBlock", "MMResBlock", "TokenSelfAttention",
     "VideoSelfAttention", "AudioSelfAttention", "RSMultiModalAttention", "CoupledSequential",
-    "zero_module",
+    "zero_module", "set_recompute",
 ]
