@@ -409,3 +409,31 @@ def test_group_norm_torch_compile_fullgraph_inductor():
     torch.testing.assert_close(value, f(x, w, s), rtol=1e-5, atol=1e-3)
     for g, e in zip(torch.autograd.grad(value, (x, w, s)), torch.autograd.grad(f(x, w, s), (x, w, s))):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocks_recompute_by_default_with_the_same_gradients(dtype):
+    """On CUDA the blocks recompute norms, dropout masks and q/k/v projections in the backward
+    (selective checkpointing around SDPA and RS-MMA): the gradients of keeping them."""
+    from mmattn.nn import CoupledSequential, MMResBlock, RSMultiModalAttention, set_recompute
+    torch.manual_seed(0)
+    block = CoupledSequential(
+        MMResBlock(64, 32, 64, dropout=0.1, video_attention=True, audio_attention=True),
+        RSMultiModalAttention(64, 32, window=2)).to(DEV).train()
+    with torch.no_grad():  # no zero-initialised branches: every path carries gradient
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 and p.numel() == 64 else 0.0))
+    video, audio, emb = (torch.randn(2, 4, 64, 8, 8, device=DEV), torch.randn(2, 64, 32, device=DEV),
+                         torch.randn(2, 32, device=DEV))
+    grads = []
+    for flag in (None, False):  # None: the default, recomputing on CUDA
+        set_recompute(block, flag)
+        block.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks and RS-MMA shift
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out_v, out_a = block(video, audio, emb)
+        (out_v.float().square().mean() + out_a.float().square().mean()).backward()
+        grads.append([p.grad for p in block.parameters()])
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    for recomputed, kept in zip(*grads):
+        torch.testing.assert_close(recomputed, kept, **tol)
