@@ -196,6 +196,18 @@ def test_torch_compile_tiny():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_torch_compile_tiny_training_step():
+    """Training mode (dropout on) compiles as one graph too: under torch.compile the blocks use
+    torch's dropout (no seed drawn with .item()); forward and backward run."""
+    model = randomized(dataclasses.replace(PRESETS["tiny"], dropout=0.1)).train()
+    video, audio, t = inputs(PRESETS["tiny"], batch=1)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out_v, out_a = compiled(video, audio, t, cross_shift=1)
+    (out_v.square().mean() + out_a.square().mean()).backward()
+    assert torch.isfinite(out_v).all() and torch.isfinite(out_a).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("make_inputs, message", [
     (lambda v, a, t: (v[0], a, t), r"video must be \[B, F, C, H, W\]"),
     (lambda v, a, t: (v, a[:, 0], t), r"audio must be \[B, C, L\]"),
