@@ -90,14 +90,15 @@ def peak_rss_growth(fn: Callable[[], object]) -> int:
 # resident and is handed out again without growing the resident set: a call could then seem
 # to need less than its own outputs. A fixed threshold maps every block of 128 KiB or more
 # afresh and unmaps it on free, so the probe sees each call's big allocations.
-_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+_MMAP_THRESHOLD = 128 * 1024
+_PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD)}
 
 
 def fix_mmap_threshold() -> None:
     """`_PROBE_ENV` for this process (glibc's mallopt): each big block is mapped and unmapped
     afresh, so resident-set probes see what a call allocates. A no-op without glibc."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        ctypes.CDLL("libc.so.6").mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 

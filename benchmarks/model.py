@@ -102,9 +102,9 @@ def _peak(device: torch.device, base: int | None) -> int | None:
 
 
 def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: int,
-            warmup: int = 1) -> dict[str, Measurement]:
-    """Time and peak extra memory of each function, runs interleaved across functions so that
-    machine noise hits all alike."""
+            warmup: int = 1, memory: bool = True) -> dict[str, Measurement]:
+    """Time and (with `memory`) peak extra memory of each function, runs interleaved across
+    functions so that machine noise hits all alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -112,7 +112,7 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: 
     for _ in range(repeat):
         for name, fn in fns.items():
             sync(device)
-            base = _reset_peak(device)
+            base = _reset_peak(device) if memory else None
             wall, cpu = time.perf_counter(), time.process_time()
             fn()
             sync(device)
@@ -180,7 +180,9 @@ def run(config: UNetConfig, variants: list[str], batch: int, device: torch.devic
     modes = ("forward", "forward+backward")
     fns = {mode: {v: step_functions(m, video, audio, timesteps)[mode] for v, m in models.items()}
            for mode in modes}
-    results = {mode: measure(fns[mode], device, repeat=repeat) for mode in modes}
+    # CUDA: the allocator's peak of the timed calls; CPU: a pass of its own (`cpu_peaks`)
+    results = {mode: measure(fns[mode], device, repeat=repeat, memory=device.type == "cuda")
+               for mode in modes}
     if device.type == "cpu":
         for mode in modes:
             peaks = cpu_peaks(fns[mode])

@@ -8,6 +8,7 @@ from torch.autograd import gradcheck
 
 import mmattn
 from mmattn import _C
+from mmattn.nn.attention import merge_heads, split_heads
 from mmattn.reference import (rs_attention_dense, rs_attention_gather, segment_bounds,
                               window_segments)
 
@@ -78,7 +79,6 @@ def test_heads_split_from_a_projection_merge_back_as_views():
     """q/k/v split off one `[B, N, 3*H*D]` projection (not dense): outputs and gradients are
     token-major, so merging heads into channels is a view and the gradient of the projection
     needs no reorder."""
-    from mmattn.nn.attention import merge_heads, split_heads
     b, f, p, l, h, d = 2, 4, 6, 20, 3, 16
     qkv_v = torch.randn(b, f * p, 3 * h * d, dtype=torch.float64, requires_grad=True)
     qkv_a = torch.randn(b, l, 3 * h * d, dtype=torch.float64, requires_grad=True)
@@ -169,7 +169,6 @@ def test_backward_is_deterministic():
 def test_opcheck(split):
     """`split`: q, k, v are heads split off one projection (not dense: token-major outputs)."""
     if split:
-        from mmattn.nn.attention import split_heads
         q, ka, va = split_heads(torch.randn(2, 12, 3 * 16, dtype=torch.float64), 2)
         q, ka, va = (t.requires_grad_() for t in (q, ka, va))
     else:

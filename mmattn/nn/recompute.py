@@ -52,7 +52,8 @@ def set_recompute(module: torch.nn.Module, flag: bool | None) -> torch.nn.Module
 
 
 def wants_recompute(flag: bool | None, x: torch.Tensor) -> bool:
-    """Whether a block with recompute setting `flag` recomputes for input `x` (training only)."""
+    """Whether a block with recompute setting `flag` recomputes for input `x` (only while autograd
+    records: no-grad calls keep nothing anyway)."""
     on = x.device.type != "cpu" if flag is None else flag
     return on and torch.is_grad_enabled()
 
