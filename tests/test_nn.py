@@ -12,6 +12,7 @@ from mmattn.nn import (AudioConv, AudioResBlock, AudioSelfAttention, CoupledSequ
                        GroupNormAct, MMResBlock, NormActConv, RSMultiModalAttention, TokenSelfAttention,
                        Upsample, VideoConv, VideoResBlock, VideoSelfAttention)
 from mmattn.nn import recompute
+from mmattn.nn.conv import temporal_conv
 from mmattn.nn.layout import frames_last
 from mmattn.reference import rs_attention_dense
 
@@ -188,6 +189,38 @@ def test_video_conv_2d_plus_1d_is_spatial_then_temporal(batch):
     ref = ref.view(batch, H, W, 16, NF).permute(0, 4, 3, 1, 2)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     assert is_frames_last(y)
+
+
+@pytest.mark.parametrize("batch, frames, k", [(1, NF, 3), (B, NF, 3), (B, NF, 5), (B, 2, 5), (1, NF, 1)])
+def test_temporal_conv_gradients(batch, frames, k):
+    """The CPU training path of the temporal convolution (weight gradient from frame-shifted
+    matrix products) has F.conv2d's value and gradients: float64 gradcheck, also with more taps
+    than frames and a non-channels-last input."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, frames, 5, dtype=torch.float64)
+    w = torch.randn(4, 3, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    for inp in (x.contiguous(memory_format=torch.channels_last), x):
+        inp = inp.requires_grad_()
+        torch.testing.assert_close(temporal_conv(inp, w, b), F.conv2d(inp, w.unsqueeze(-1), b, padding=(k // 2, 0)))
+        assert torch.autograd.gradcheck(temporal_conv, (inp, w, b))
+
+
+def test_temporal_conv_bf16_autocast_matches_native():
+    """Under CPU bf16 autocast the custom backward gives the native conv's gradients (to bf16
+    rounding of the weight gradient: relative 2^-8 on sums of F*P products)."""
+    torch.manual_seed(0)
+    x = torch.randn(B, 16, NF, 40).contiguous(memory_format=torch.channels_last).requires_grad_()
+    conv = torch.nn.Conv1d(16, 8, 3, padding=1)
+    grads = []
+    for fn in (temporal_conv, lambda x, w, b: F.conv2d(x, w.unsqueeze(-1), b, padding=(1, 0))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(x, conv.weight, conv.bias)
+        assert y.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(y.float().square().sum(), (x, conv.weight, conv.bias)))
+    for mine, native in zip(*grads):
+        assert mine.dtype == native.dtype
+        torch.testing.assert_close(mine, native, rtol=2 ** -7, atol=2 ** -7 * native.abs().max().item())
 
 
 def test_video_conv_3d_and_audio_conv():
