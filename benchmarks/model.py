@@ -13,13 +13,16 @@ all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak 
 size over the resident size before the call, after glibc's malloc_trim, in a pass of its own
 after the timing: see `cpu_peaks`; Linux only). On CPU
 the process CPU time is reported too: on a shared machine it tracks the work done far better
-than wall time. All variants share one set of random weights.
+than wall time; and so are the minor page faults per call: every fresh page the allocator maps
+(glibc maps blocks of 32 MiB or more afresh on every call) costs a fault, a visible share of a
+step's time. All variants share one set of random weights.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import dataclasses
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -70,6 +73,7 @@ class Measurement:
     seconds: float                # median wall time per call
     cpu_seconds: float | None     # median process CPU time per call (CPU devices)
     peak_bytes: int | None        # largest peak extra memory over the timed calls
+    page_faults: int | None       # median minor page faults per call (CPU devices)
 
 
 def _status_kb(field: str) -> int:
@@ -108,18 +112,22 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: 
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    runs: dict[str, list[tuple[float, float, int | None]]] = {name: [] for name in fns}
+    runs: dict[str, list[tuple[float, float, int | None, int]]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             sync(device)
             base = _reset_peak(device) if memory else None
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             wall, cpu = time.perf_counter(), time.process_time()
             fn()
             sync(device)
-            runs[name].append((time.perf_counter() - wall, time.process_time() - cpu, _peak(device, base)))
+            runs[name].append((time.perf_counter() - wall, time.process_time() - cpu, _peak(device, base),
+                               resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    on_cpu = device.type != "cuda"
     return {name: Measurement(statistics.median(r[0] for r in rs),
-                              None if device.type == "cuda" else statistics.median(r[1] for r in rs),
-                              None if rs[0][2] is None else max(r[2] for r in rs))
+                              statistics.median(r[1] for r in rs) if on_cpu else None,
+                              None if rs[0][2] is None else max(r[2] for r in rs),
+                              round(statistics.median(r[3] for r in rs)) if on_cpu else None)
             for name, rs in runs.items()}
 
 
@@ -194,7 +202,7 @@ def run(config: UNetConfig, variants: list[str], batch: int, device: torch.devic
         for variant, r in results[mode].items():
             ref = reference.get(variant.split(":")[1])
             rows.append({"variant": variant, "mode": mode, "batch": batch, "seconds": r.seconds,
-                         "cpu_seconds": r.cpu_seconds,
+                         "cpu_seconds": r.cpu_seconds, "page_faults": r.page_faults,
                          "peak_mb": None if r.peak_bytes is None else r.peak_bytes / 2**20,
                          "reference_over_ours": None if ref is None else ref.seconds / r.seconds,
                          "reference_over_ours_cpu": (None if ref is None or r.cpu_seconds is None
@@ -232,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.preset} on {device_name(device)}, batch {batch}, torch {torch.__version__}")
     rows = run(config, variants, batch, device, repeat, args.published)
     print(format_table(rows, [("variant", "variant", "s"), ("mode", "mode", "s"), ("seconds", "time (s)", ".3f"),
-                              ("cpu_seconds", "CPU time (s)", ".3f"), ("peak_mb", "peak extra memory (MiB)", ".0f"),
+                              ("cpu_seconds", "CPU time (s)", ".3f"), ("page_faults", "page faults", "d"),
+                              ("peak_mb", "peak extra memory (MiB)", ".0f"),
                               ("reference_over_ours", "reference / ours (time)", ".2f"),
                               ("reference_over_ours_cpu", "reference / ours (CPU time)", ".2f"),
                               *([("published_over_ours", "published / this (time)", ".2f"),

@@ -73,5 +73,6 @@ def test_model_benchmark_runs_and_compares(fake_published, tmp_path):
         for m in ("forward", "forward+backward")}
     for r in rows:
         assert r["seconds"] > 0 and r["peak_mb"] is not None and r["published_over_ours"] > 0
+        assert isinstance(r["page_faults"], int) and r["page_faults"] >= 0
         if r["variant"] == "published:fp32":
             assert r["published_over_ours"] == 1.0 and r["memory_over_published"] == 1.0
