@@ -56,7 +56,7 @@ class _TemporalConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dw = temporal_weight_grad(grad, x, k)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
+            db = grad.sum((0, 2, 3), dtype=torch.promote_types(grad.dtype, torch.float32)).to(grad.dtype)
         return dx, dw, db
 
 
@@ -66,7 +66,8 @@ def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     gradient comes from `temporal_weight_grad`; elsewhere this is `F.conv2d`."""
     if x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return F.conv2d(x, weight.unsqueeze(-1), bias, padding=(weight.shape[-1] // 2, 0))
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    autocast = torch.is_autocast_enabled("cpu") and x.dtype != torch.float64  # autocast spares float64
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731  (autocast's casts, explicit)
     return _TemporalConv.apply(cast(x), cast(weight), cast(bias))
 
