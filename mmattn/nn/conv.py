@@ -31,17 +31,22 @@ def temporal_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int) 
     return out.permute(1, 2, 0).to(grad.dtype).contiguous()
 
 
+def _conv_over_frames(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The temporal convolution as `F.conv2d` with a `(k, 1)` kernel over `[B, C, F, P]`."""
+    return F.conv2d(x, weight.unsqueeze(-1), bias, padding=(weight.shape[-1] // 2, 0))
+
+
 class _TemporalConv(torch.autograd.Function):
-    """`F.conv2d` with a `(k, 1)` kernel over `[B, C, F, P]` whose weight gradient is
-    `temporal_weight_grad`: on CPU oneDNN computes it at about half its forward speed for
-    these shapes (a long reduction over F*P rows into a small weight), `k` GEMMs at about
-    GEMM speed (1.2-1.7x faster for the paper-64 shapes, fp32 and bf16)."""
+    """`_conv_over_frames` whose weight gradient is `temporal_weight_grad`: on CPU oneDNN
+    computes it at about half its forward speed for these shapes (a long reduction over F*P
+    rows into a small weight), `k` GEMMs at about GEMM speed (1.2-1.7x faster for the paper-64
+    shapes, fp32 and bf16)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight.unsqueeze(-1), bias, padding=(weight.shape[-1] // 2, 0))
+        return _conv_over_frames(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -65,7 +70,7 @@ def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     `[B, Cout, F, P]` (channels-last in, channels-last out). In CPU training the weight
     gradient comes from `temporal_weight_grad`; elsewhere this is `F.conv2d`."""
     if x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return F.conv2d(x, weight.unsqueeze(-1), bias, padding=(weight.shape[-1] // 2, 0))
+        return _conv_over_frames(x, weight, bias)
     autocast = torch.is_autocast_enabled("cpu") and x.dtype != torch.float64  # autocast spares float64
     dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731  (autocast's casts, explicit)
