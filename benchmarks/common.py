@@ -68,6 +68,18 @@ def _proc_status_bytes(field: str) -> int:
     raise KeyError(field)
 
 
+def start_rss_peak() -> int:
+    """Reset the resident set's high-water mark to the current resident set and return that
+    (bytes). Linux only: raises OSError elsewhere."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _proc_status_bytes("VmRSS")
+
+
+def rss_peak() -> int:
+    """The resident set's high-water mark (bytes) since `start_rss_peak`. Linux only."""
+    return _proc_status_bytes("VmHWM")
+
+
 def peak_rss_growth(fn: Callable[[], object]) -> int:
     """Growth of the resident set's high-water mark over the current resident set during `fn()`.
 
@@ -75,10 +87,9 @@ def peak_rss_growth(fn: Callable[[], object]) -> int:
     to the lifetime peak (getrusage), which can hide allocations below an earlier peak.
     """
     try:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _proc_status_bytes("VmRSS")
+        base = start_rss_peak()
         fn()
-        return max(0, _proc_status_bytes("VmHWM") - base)
+        return max(0, rss_peak() - base)
     except OSError:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         fn()

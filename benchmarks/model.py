@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import device_name, fix_mmap_threshold, format_table, sync, write_json
+from benchmarks.common import (device_name, fix_mmap_threshold, format_table, rss_peak, start_rss_peak,
+                               sync, write_json)
 from benchmarks.published import published_model
 from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import CoupledUNet, UNetConfig
@@ -76,14 +77,6 @@ class Measurement:
     page_faults: int | None       # median minor page faults per call (CPU devices)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _reset_peak(device: torch.device) -> int | None:
     """Start a peak-memory window; returns the baseline (bytes) or None if unavailable."""
     if device.type == "cuda":
@@ -91,9 +84,7 @@ def _reset_peak(device: torch.device) -> int | None:
         return torch.cuda.memory_allocated(device)
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages, so RSS = memory in use
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # Linux: resets the peak resident set size (VmHWM) to the current one
-        return _status_kb("VmRSS") * 1024
+        return start_rss_peak()
     except OSError:
         return None
 
@@ -101,7 +92,7 @@ def _reset_peak(device: torch.device) -> int | None:
 def _peak(device: torch.device, base: int | None) -> int | None:
     if base is None:
         return None
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kb("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_peak()
     return peak - base
 
 
