@@ -202,8 +202,16 @@ def test_temporal_conv_gradients(batch, frames, k):
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     for inp in (x.contiguous(memory_format=torch.channels_last), x):
         inp = inp.requires_grad_()
-        torch.testing.assert_close(temporal_conv(inp, w, b), F.conv2d(inp, w.unsqueeze(-1), b, padding=(k // 2, 0)))
+        native = F.conv2d(inp, w.unsqueeze(-1), b, padding=(k // 2, 0))
+        mine = temporal_conv(inp, w, b)
+        torch.testing.assert_close(mine, native)
+        g = torch.randn_like(native)
+        # float64 throughout (float64's default tolerances: a float32 sum would fail them)
+        torch.testing.assert_close(torch.autograd.grad(mine, (inp, w, b), g),
+                                   torch.autograd.grad(native, (inp, w, b), g))
         assert torch.autograd.gradcheck(temporal_conv, (inp, w, b))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone
+            assert temporal_conv(inp, w, b).dtype == torch.float64
 
 
 def test_temporal_conv_bf16_autocast_matches_native():
