@@ -57,12 +57,15 @@ class NormCase:
     shape: tuple[int, ...]  # without the batch dim
     channel_dim: int
     groups: int = 32
+    frames_last: bool = False  # video in memory order (B, F, H, W, C), as the U-Net holds it
 
 
 NORM_CASES = [
     NormCase("audio-128x25600", (128, 25600), 1),          # [B, C, L]
     NormCase("video-16x128x64x64", (16, 128, 64, 64), 2),  # [B, F, C, H, W]
     NormCase("video-16x256x32x32", (16, 256, 32, 32), 2),
+    NormCase("video-fl-16x128x64x64", (16, 128, 64, 64), 2, frames_last=True),
+    NormCase("video-fl-16x256x32x32", (16, 256, 32, 32), 2, frames_last=True),
 ]
 
 
@@ -147,7 +150,11 @@ def norm_impls(case: NormCase, device: torch.device) -> dict:
 
 def norm_inputs(case: NormCase, batch: int, dtype, device, requires_grad: bool):
     c = case.shape[case.channel_dim - 1]
-    x = torch.randn((batch, *case.shape), dtype=dtype, device=device)
+    if case.frames_last:
+        f, c, h, w = case.shape
+        x = torch.randn((batch, f, h, w, c), dtype=dtype, device=device).permute(0, 1, 4, 2, 3)
+    else:
+        x = torch.randn((batch, *case.shape), dtype=dtype, device=device)
     params = [torch.randn(c, device=device), torch.randn(c, device=device),
               torch.randn(batch, c, device=device), torch.randn(batch, c, device=device)]
     if dtype != torch.bfloat16:

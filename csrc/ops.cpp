@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "ops.h"
+#include "norm_tiling.h"
 #include "rs_index.h"
 
 namespace mmattn {
@@ -80,6 +81,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     }
     return out;
   }, "[(begin, length), ...]: tiles of the union of the windows of segments i0..i1");
+  m.def("row_tiling", [](int64_t rows, int cols, int threads, int64_t target_blocks, int64_t min_rows) {
+    const auto t = mmattn::make_row_tiling(rows, cols, threads, target_blocks, min_rows);
+    return std::make_tuple(t.tile_cols, t.rows_per_pass, t.col_tiles, t.chunks);
+  }, "(tile_cols, rows_per_pass, col_tiles, chunks) of the channels-innermost GroupNorm kernels");
+  m.def("row_tiling_visits", [](int64_t rows, int cols, int threads, int64_t target_blocks,
+                                int64_t min_rows) {
+    // the kernels' walk: block (chunk, column tile), thread t -> rows p0 + lane, + rows_per_pass...
+    const auto t = mmattn::make_row_tiling(rows, cols, threads, target_blocks, min_rows);
+    std::vector<int64_t> visits(rows * cols, 0);
+    for (int64_t k = 0; k < t.chunks; ++k) {
+      for (int tile = 0; tile < t.col_tiles; ++tile) {
+        for (int th = 0; th < threads; ++th) {
+          if (!t.active(tile, th)) continue;
+          for (int64_t p = t.chunk_begin(k) + t.row_lane_of(th); p < t.chunk_begin(k + 1); p += t.rows_per_pass) {
+            ++visits[p * cols + t.col_of(tile, th)];
+          }
+        }
+      }
+    }
+    return visits;
+  }, "visits of each (row, column) by the channels-innermost GroupNorm kernels' threads, row-major");
   m.def("window_contains", [](int64_t i, int64_t n_key, int64_t segments, int64_t window,
                               int64_t shift, int64_t t0, int64_t t1) {
     const auto r = mmattn::window_key_ranges(i, n_key, segments, window,

@@ -4,7 +4,8 @@
 #   1. builds mmattn._C for the local GPU only (TORCH_CUDA_ARCH_LIST from the device capability);
 #   2. runs the CUDA tests (tests/test_cuda.py) and the index tests;
 #   3. runs `python -m benchmarks.model` (paper-64, batch 4; with GPU_CHECK_PUBLISHED=PATH, a
-#      checkout of researchmm/MM-Diffusion, against the published model in fp16), measures the
+#      checkout of researchmm/MM-Diffusion, against the published model in fp16) and
+#      `python -m benchmarks.model_profile` (the kernels of one training step), measures the
 #      copy bandwidth and bf16 matrix rate of the card, then runs `python -m benchmarks.kernels`
 #      case by case (a timeout loses one case, not all);
 #   4. with time to spare, runs compute-sanitizer (memcheck, racecheck) over every kernel once;
@@ -95,9 +96,16 @@ fi
 MODEL_ARGS=(--device cuda --batch 4 --repeat 3 --out "$OUTDIR/model.json")
 [[ -n ${GPU_CHECK_PUBLISHED:-} ]] && MODEL_ARGS+=(--published "$GPU_CHECK_PUBLISHED")
 log "model benchmark: paper-64, batch 4 (log: model.log)"
-timeout "$(step_timeout 150)" $PY -m benchmarks.model "${MODEL_ARGS[@]}" > "$OUTDIR/model.log" 2>&1
+timeout "$(step_timeout 180)" $PY -m benchmarks.model "${MODEL_ARGS[@]}" > "$OUTDIR/model.log" 2>&1
 note model_rc $?
 tail -8 "$OUTDIR/model.log"
+
+log "profile of one training step, published fp16 vs ours (log: profile.txt)"
+PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants fused:fp16)
+[[ -n ${GPU_CHECK_PUBLISHED:-} ]] && PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants published:fp16,fused:fp16
+                                                   --published "$GPU_CHECK_PUBLISHED")
+timeout "$(step_timeout 60)" $PY -m benchmarks.model_profile "${PROFILE_ARGS[@]}" > "$OUTDIR/profile.txt" 2>&1
+note profile_rc $?
 
 log "device ceilings: copy bandwidth, bf16 matrix rate"
 timeout "$(step_timeout 60)" $PY - > "$OUTDIR/ceilings.json" 2> "$OUTDIR/ceilings.log" <<'EOF'
@@ -128,7 +136,7 @@ run_bench() {  # kind case cap
 }
 # most important first: the paper's largest layer, then the rest
 # (GPU_CHECK_CASES="norm:audio-128x25600 attention:ds8" runs only those)
-CASES=${GPU_CHECK_CASES:-attention:ds2 norm:video-16x128x64x64 attention:ds4 norm:audio-128x25600 \
+CASES=${GPU_CHECK_CASES:-attention:ds2 norm:video-fl-16x128x64x64 attention:ds4 norm:audio-128x25600 \
 attention:ds8 attention:middle norm:video-16x256x32x32}
 for kind_case in $CASES; do
   kind=${kind_case%%:*}
@@ -142,9 +150,14 @@ if command -v compute-sanitizer > /dev/null && ((BUDGET - (SECONDS - START) > 80
 # vector and scalar GroupNorm, forward and backward
 import torch, mmattn
 torch.manual_seed(0)
+from mmattn.nn.attention import split_heads
 for dtype, d in ((torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 40)):
     t = [torch.randn(1, 2, n, d, device="cuda", dtype=dtype, requires_grad=True) for n in (3 * 70,) * 3 + (50,) * 3]
     out = mmattn.rs_attention(*t, frames=3, window=2, shift=1)
+    sum(o.float().sum() for o in out).backward()
+    # head-split views of one qkv projection (token-major outputs and gradients), as RSMultiModalAttention calls it
+    qkv = [torch.randn(1, n, 3 * 2 * d, device="cuda", dtype=dtype, requires_grad=True) for n in (3 * 70, 50)]
+    out = mmattn.rs_attention(*split_heads(qkv[0], 2), *split_heads(qkv[1], 2), frames=3, window=2, shift=1)
     sum(o.float().sum() for o in out).backward()
 for shape, cd in (((2, 8, 64), 1), ((2, 3, 8, 5, 7), 2)):
     x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)

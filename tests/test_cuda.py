@@ -311,6 +311,62 @@ def test_group_norm_layouts_are_respected(layout, dtype):
     assert y.stride() == torch.empty_like(x).stride()
 
 
+# Channels innermost (unit channel stride: frames-last video, channels_last images) runs its own
+# kernels. (shape, channel_dim, groups, memory order): 8-channel vector columns; a channel count
+# that is no multiple of the vector (scalar columns); groups inside a vector (4 channels) and
+# across vectors unevenly (12 channels); more columns than a block has threads; many chunks.
+CL_SHAPES = [((2, 3, 64, 8, 8), 2, 16, (0, 1, 3, 4, 2)), ((1, 2, 24, 5, 7), 2, 2, (0, 1, 3, 4, 2)),
+             ((2, 4, 6, 3, 3), 2, 3, (0, 1, 3, 4, 2)), ((3, 16, 128, 16, 16), 2, 32, (0, 1, 3, 4, 2)),
+             ((1, 1, 4096, 2, 3), 2, 32, (0, 1, 3, 4, 2)), ((2, 32, 6, 8), 1, 4, (0, 2, 3, 1)),
+             ((2, 40, 1, 9), 1, 8, (0, 2, 3, 1))]
+CL_IDS = ["video", "cpg-12", "scalar", "paper-ish", "wide", "channels_last", "channels_last-H1"]
+
+
+def channels_inner(shape, order, dtype):
+    """A tensor of `shape` whose memory runs in `order` (a permutation of its dims)."""
+    stored = torch.randn([shape[d] for d in order], device=DEV)
+    return (2 * stored + 0.5).to(dtype).permute([order.index(d) for d in range(len(shape))])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,channel_dim,groups,order", CL_SHAPES, ids=CL_IDS)
+def test_group_norm_channels_innermost_matches_reference(shape, channel_dim, groups, order, dtype):
+    x = channels_inner(shape, order, dtype)
+    assert x.stride(channel_dim) == 1
+    p = gn_params(shape[0], shape[channel_dim], dtype)
+    y = gn_check(x, groups, p, "silu", channel_dim)
+    assert y.stride() == x.stride()
+    rel = {torch.float64: 1e-10, torch.float32: 3e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}[dtype]
+    grad = channels_inner(shape, order, dtype)
+    gn_check_grads(x, groups, p, "silu", channel_dim, grad, rel)
+    gn_check_grads(x, groups, {k: None for k in p}, None, channel_dim, grad, rel)
+
+
+def test_group_norm_channels_innermost_gradcheck_float64():
+    x = channels_inner((2, 3, 8, 2, 3), (0, 1, 3, 4, 2), torch.float64).detach().requires_grad_()
+    p = gn_params(2, 8, torch.float64, requires_grad=True)
+    fn = lambda x, w, bi, s, sh: mmattn.group_norm_act(x, 2, w, bi, scale=s, shift=sh, channel_dim=2)  # noqa: E731
+    assert gradcheck(fn, (x, p["weight"], p["bias"], p["scale"], p["shift"]))
+
+
+def test_group_norm_frames_last_paper_shape_bf16_waves_reproducible():
+    # [2, 16, 128, 64, 64] frames-last bf16, as the U-Net's first blocks hold it: 16.8 MB per
+    # sample, so samples run in waves (forward and backward)
+    x = channels_inner((2, 16, 128, 64, 64), (0, 1, 3, 4, 2), torch.bfloat16)
+    p = gn_params(2, 128, torch.bfloat16)
+    y = mmattn.group_norm_act(x, 32, p["weight"], p["bias"], scale=p["scale"], shift=p["shift"], channel_dim=2)
+    ref = group_norm_act_reference(x.float(), 32, p["weight"], p["bias"], scale=p["scale"],
+                                   shift=p["shift"], channel_dim=2)
+    torch.testing.assert_close(y.float(), ref, **GN_TOL[torch.bfloat16])
+    grad = channels_inner(x.shape, (0, 1, 3, 4, 2), torch.bfloat16)
+    got = gn_check_grads(x, 32, p, "silu", 2, grad, 1e-2)
+    again = gn_grads(mmattn.group_norm_act, x, 32, p, "silu", 2, grad)
+    for name, g in got.items():
+        assert torch.equal(g, again[name]), name
+    assert torch.equal(y, mmattn.group_norm_act(x, 32, p["weight"], p["bias"], scale=p["scale"],
+                                                shift=p["shift"], channel_dim=2))
+
+
 def gn_grads(fn, x, groups, p, act, channel_dim, grad, dtype=None):
     """Gradients of (x, *params present) of `fn` (the op or the reference), inputs cast to dtype."""
     names = [k for k in ("weight", "bias", "scale", "shift") if p[k] is not None]
@@ -413,8 +469,8 @@ def test_group_norm_torch_compile_fullgraph_inductor():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_blocks_recompute_by_default_with_the_same_gradients(dtype):
-    """On CUDA the blocks recompute norms, dropout masks and q/k/v projections in the backward
-    (selective checkpointing around SDPA and RS-MMA): the gradients of keeping them."""
+    """On CUDA the blocks recompute the normalised (and dropped-out) inputs of their convolutions
+    and q/k/v projections in the backward: the gradients of keeping them."""
     from mmattn.nn import CoupledSequential, MMResBlock, RSMultiModalAttention, set_recompute
     torch.manual_seed(0)
     block = CoupledSequential(

@@ -65,3 +65,23 @@ def test_window_contains_and_covers(n, segments):
                         assert covers == any(a <= t0 and t1 <= a + ln for a, ln in ranges)
                         if covers:  # the fast path may skip masking only inside the window
                             assert set(range(t0, t1)) <= inside
+
+
+# rows x vector columns of channels-innermost GroupNorm (csrc/norm_tiling.h): one 16-byte vector
+# per thread and row, 8 channels in 16-bit types; paper-64 widths (C = 128..512), more columns
+# than threads, a single row, more blocks wanted than rows allow
+TILINGS = [(65536, 16, 2112, 4), (4096, 48, 2112, 4), (256, 64, 500, 4), (10, 16, 7, 4),
+           (1, 40, 9, 4), (300, 300, 64, 4), (7, 1, 1000, 1), (97, 513, 3, 1), (1000, 12, 1, 4)]
+
+
+@pytest.mark.parametrize("rows,cols,target,min_rows", TILINGS)
+def test_row_tiling_visits_every_row_and_column_once(rows, cols, target, min_rows):
+    threads = 256
+    visits = _C.row_tiling_visits(rows, cols, threads, target, min_rows)
+    assert len(visits) == rows * cols and set(visits) == {1}
+    tile_cols, rows_per_pass, col_tiles, chunks = _C.row_tiling(rows, cols, threads, target, min_rows)
+    assert tile_cols == min(cols, threads) and rows_per_pass == threads // tile_cols
+    assert col_tiles * tile_cols >= cols > (col_tiles - 1) * tile_cols
+    # about `target` blocks per sample, unless a thread would then keep fewer than min_rows rows
+    most = -(-rows // (rows_per_pass * min_rows))
+    assert chunks == max(1, min(-(-target // col_tiles), most))

@@ -1,7 +1,9 @@
 // CUDA GroupNorm + affine + FiLM + SiLU, forward and backward.
 //
 // x is viewed as [B, F, C, S] with its own strides (F = 1 for channel_dim 1), so video in
-// [B, F, C, H, W] and channels_last inputs need no permute copy. The unit of work is one
+// [B, F, C, H, W] and channels_last inputs need no permute copy. Two kernel families: planar
+// (below) for layouts with contiguous spatial rows, and channels-innermost (further down) for
+// unit channel stride (frames-last video, channels_last). Planar: the unit of work is one
 // (sample, channel) pair - F planes of S elements - cut into `nsplit` equal parts, so the
 // grid fills the GPU even when B * G is small:
 //  forward:  stats kernel (Welford partials per part) -> apply kernel (each block merges its
@@ -25,6 +27,7 @@
 
 #include "device_utils.cuh"
 #include "norm_layout.h"
+#include "norm_tiling.h"
 #include "ops.h"
 
 namespace mmattn {
@@ -457,6 +460,467 @@ void with_vector_width(bool vec, F&& f) {
   }
 }
 
+template <typename scalar_t, typename acc_t, int V>
+void planar_forward(const at::Tensor& x, at::Tensor& y, const NormLayout& l, int64_t G,
+                    const Affine<acc_t>& af, at::Tensor& mean, at::Tensor& rstd, acc_t eps, bool silu,
+                    cudaStream_t stream) {
+  const int64_t vecs = l.frames * l.spatial / V, cpg = l.channels / G;
+  const Plan pl = plan(l, G, vecs, l.frames * cpg * l.spatial * x.element_size());
+  const GnGeom geo = make_geom(l, G, V, pl.nsplit);
+  at::Tensor partial = at::empty({l.batch * l.channels * pl.nsplit * 2}, mean.options());
+  const int64_t units_per_group = cpg * pl.nsplit;
+  for (int64_t g0 = 0; g0 < l.batch * G; g0 += pl.groups_per_wave) {
+    const int64_t groups = std::min(pl.groups_per_wave, l.batch * G - g0);
+    const int64_t unit0 = g0 * units_per_group;
+    const int64_t units = groups * units_per_group;
+    TORCH_CHECK(units < (int64_t{1} << 31), "group_norm_act (CUDA): too many blocks");
+    gn_stats_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), geo, unit0, partial.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gn_apply_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), geo, af, unit0, partial.data_ptr<acc_t>(),
+        mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), eps, silu);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+void planar_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, const NormLayout& l,
+                     int64_t G, const Affine<acc_t>& af, const at::Tensor& mean,
+                     const at::Tensor& rstd, bool silu, at::Tensor& sums, cudaStream_t stream) {
+  const int64_t B = l.batch, C = l.channels, vecs = l.frames * l.spatial / V, cpg = C / G;
+  const Plan pl = plan(l, G, vecs, 2 * l.frames * cpg * l.spatial * x.element_size());
+  const GnGeom geo = make_geom(l, G, V, pl.nsplit);
+  at::Tensor partial = at::empty({B * C * pl.nsplit * 2}, sums.options());
+  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(l.frames * cpg * l.spatial);
+  const int64_t units_per_group = cpg * pl.nsplit;
+  for (int64_t g0 = 0; g0 < B * G; g0 += pl.groups_per_wave) {
+    const int64_t groups = std::min(pl.groups_per_wave, B * G - g0);
+    const int64_t unit0 = g0 * units_per_group;
+    const int64_t units = groups * units_per_group;
+    TORCH_CHECK(units < (int64_t{1} << 31), "group_norm_act (CUDA): too many blocks");
+    gn_bwd_sums_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+        dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geo, af, mean.data_ptr<acc_t>(),
+        rstd.data_ptr<acc_t>(), silu, unit0, partial.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gn_bwd_dx_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
+        dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), geo, af,
+        mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), silu, unit0, partial.data_ptr<acc_t>(),
+        sums.data_ptr<acc_t>(), inv_count);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// ---- channels-innermost layouts ---------------------------------------------------------------
+//
+// Frames-last video [B, F, C, H, W] (memory B, F, H, W, C) and channels_last images have unit
+// channel stride: the planar kernels above would read one element per 32-byte sector. Here a
+// sample is rows (positions) x columns (V contiguous channels), tiled as norm_tiling.h says:
+//  forward:  stats kernel (per (chunk, channel) Welford partials) -> finalize kernel (one block
+//            per group merges them in a fixed order; writes mean, rstd and each channel's folded
+//            coefficients) -> apply kernel (y = act(x a + b), pure streaming);
+//  backward: sums kernel (per (chunk, channel) sums) -> finalize kernel (per-channel sums for
+//            the parameter gradients; each channel's dx coefficients) -> dx kernel.
+// Samples run in waves of about half the L2 cache, so the second read of x hits L2.
+
+// Geometry of the channels-innermost kernels: row p of sample b starts at
+// b * sb + (p / S) * sf + (p % S) * ss.
+struct ClGeom {
+  int64_t sb, sf, ss;
+  int channels, groups, cpg;
+  RowTiling tiling;
+  IntDivider<unsigned int> spatial;  // S
+
+  __device__ __forceinline__ int64_t row_offset(int64_t p) const {
+    const auto dm = spatial.divmod(static_cast<unsigned int>(p));
+    return dm.div * sf + static_cast<int64_t>(dm.mod) * ss;
+  }
+};
+
+// This thread's place: sample b, chunk rows [p0, p1), first channel c0 of its column.
+struct ClThread {
+  int64_t b, p0, p1;
+  int c0, row_lane;
+  bool active;
+  template <int V>
+  __device__ __forceinline__ ClThread(const ClGeom& g, int64_t b0, std::integral_constant<int, V>) {
+    const RowTiling& t = g.tiling;
+    b = b0 + blockIdx.z;
+    p0 = t.chunk_begin(blockIdx.x);
+    p1 = t.chunk_begin(blockIdx.x + 1);
+    row_lane = t.row_lane_of(threadIdx.x);
+    c0 = t.col_of(blockIdx.y, threadIdx.x) * V;
+    active = t.active(blockIdx.y, threadIdx.x);
+  }
+  // index of the (sample, chunk, channel c) partial
+  __device__ __forceinline__ int64_t partial(const ClGeom& g, int c) const {
+    return (b * g.tiling.chunks + blockIdx.x) * g.channels + c;
+  }
+};
+
+// Applies f(p, x, dy) to the rows of this thread's chunk, kUnroll rows in flight; dy is read
+// only when `kPair` (else f gets x twice).
+template <bool kPair, typename scalar_t, int V, typename acc_t, typename F>
+__device__ __forceinline__ void for_each_row(const ClGeom& g, const ClThread& th,
+                                             const scalar_t* __restrict__ x,
+                                             const scalar_t* __restrict__ dy, F&& f) {
+  const int64_t step = g.tiling.rows_per_pass;
+  for (int64_t p = th.p0 + th.row_lane; p < th.p1; p += step * kUnroll) {
+    acc_t v[kUnroll][V], d[kUnroll][kPair ? V : 1];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t pu = p + u * step;
+      if (pu < th.p1) {
+        const int64_t off = g.row_offset(pu);
+        load_vec<scalar_t, V>(x + off, v[u]);
+        if constexpr (kPair) load_vec<scalar_t, V>(dy + off, d[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t pu = p + u * step;
+      if (pu < th.p1) {
+        if constexpr (kPair) {
+          f(pu, v[u], d[u]);
+        } else {
+          f(pu, v[u], v[u]);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_cl_stats_kernel(const scalar_t* __restrict__ x,
+                                                               const ClGeom g, int64_t b0,
+                                                               acc_t* __restrict__ partial) {
+  __shared__ acc_t sh_n[kThreads], sh_mean[kThreads * V], sh_m2[kThreads * V];
+  const ClThread th(g, b0, std::integral_constant<int, V>());
+  acc_t n = 0, mean[V], m2[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) mean[i] = m2[i] = 0;
+  if (th.active) {
+    for_each_row<false, scalar_t, V, acc_t>(g, th, x + th.b * g.sb + th.c0, nullptr,
+                                            [&](int64_t, const acc_t(&v)[V], const acc_t(&)[V]) {
+      n += acc_t(1);
+      const acc_t inv = acc_t(1) / n;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const acc_t delta = v[i] - mean[i];
+        mean[i] += delta * inv;
+        m2[i] += delta * (v[i] - mean[i]);
+      }
+    });
+  }
+  sh_n[threadIdx.x] = n;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    sh_mean[threadIdx.x * V + i] = mean[i];
+    sh_m2[threadIdx.x * V + i] = m2[i];
+  }
+  __syncthreads();
+  if (!th.active || th.row_lane != 0) return;
+  // row lane 0 merges the column's row lanes in order
+  const int tile_cols = g.tiling.tile_cols;
+  for (int i = 0; i < V; ++i) {
+    Welford<acc_t> w{sh_n[threadIdx.x], sh_mean[threadIdx.x * V + i], sh_m2[threadIdx.x * V + i]};
+    for (int r = 1; r < g.tiling.rows_per_pass; ++r) {
+      const int j = r * tile_cols + threadIdx.x;
+      w = merge(w, Welford<acc_t>{sh_n[j], sh_mean[j * V + i], sh_m2[j * V + i]});
+    }
+    const int64_t k = th.partial(g, th.c0 + i);
+    partial[2 * k] = w.mean;
+    partial[2 * k + 1] = w.m2;
+  }
+}
+
+// One block per (sample, group): the group's mean and rstd from its chunks' partials, then
+// each channel's folded coefficients (a, b) of z = x a + b.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) gn_cl_finalize_kernel(
+    const ClGeom g, const Affine<acc_t> af, int64_t b0, const acc_t* __restrict__ partial,
+    acc_t* __restrict__ mean_out, acc_t* __restrict__ rstd_out, acc_t* __restrict__ coef, acc_t eps) {
+  __shared__ acc_t sh_stats[2];
+  const int64_t bg = b0 * g.groups + blockIdx.x;
+  const int64_t b = bg / g.groups;
+  const int c0 = static_cast<int>(bg % g.groups) * g.cpg;
+  const RowTiling& t = g.tiling;
+  Welford<acc_t> w{0, 0, 0};
+  for (int c = c0; c < c0 + g.cpg; ++c) {
+    for (int k = threadIdx.x; k < t.chunks; k += kThreads) {
+      const int64_t j = (b * t.chunks + k) * g.channels + c;
+      const acc_t n = static_cast<acc_t>(t.chunk_begin(k + 1) - t.chunk_begin(k));
+      w = merge(w, Welford<acc_t>{n, partial[2 * j], partial[2 * j + 1]});
+    }
+  }
+  w = block_merge(w);
+  if (threadIdx.x == 0) {
+    const acc_t rstd = rsqrt_acc(w.m2 / w.n + eps);
+    mean_out[bg] = sh_stats[0] = w.mean;
+    rstd_out[bg] = sh_stats[1] = rstd;
+  }
+  __syncthreads();
+  const acc_t mean = sh_stats[0], rstd = sh_stats[1];
+  for (int c = c0 + threadIdx.x; c < c0 + g.cpg; c += kThreads) {
+    acc_t a, bb;
+    af.fold(b, c, g.channels, mean, rstd, a, bb);
+    coef[2 * (b * g.channels + c)] = a;
+    coef[2 * (b * g.channels + c) + 1] = bb;
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_cl_apply_kernel(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ y, const ClGeom g, int64_t b0,
+    const acc_t* __restrict__ coef, bool silu) {
+  const ClThread th(g, b0, std::integral_constant<int, V>());
+  if (!th.active) return;
+  acc_t a[V], bb[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    a[i] = coef[2 * (th.b * g.channels + th.c0 + i)];
+    bb[i] = coef[2 * (th.b * g.channels + th.c0 + i) + 1];
+  }
+  const int64_t base = th.b * g.sb + th.c0;
+  for_each_row<false, scalar_t, V, acc_t>(g, th, x + base, nullptr,
+                                          [&](int64_t p, const acc_t(&v)[V], const acc_t(&)[V]) {
+    acc_t out[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const acc_t z = v[i] * a[i] + bb[i];
+      out[i] = silu ? z * sigmoid(z) : z;
+    }
+    store_vec<scalar_t, V>(y + base + g.row_offset(p), out);
+  });
+}
+
+// Per (chunk, channel): s1 = sum dz, s2 = rstd * sum dz (x - mean).
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_cl_bwd_sums_kernel(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const ClGeom g,
+    const Affine<acc_t> af, const acc_t* __restrict__ mean_in, const acc_t* __restrict__ rstd_in,
+    bool silu, int64_t b0, acc_t* __restrict__ partial) {
+  __shared__ acc_t sh_s1[kThreads * V], sh_s2[kThreads * V];
+  const ClThread th(g, b0, std::integral_constant<int, V>());
+  acc_t s1[V], s2[V], a[V], bb[V], mean[V], rstd[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) s1[i] = s2[i] = 0;
+  if (th.active) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int c = th.c0 + i;
+      const int64_t bg = th.b * g.groups + c / g.cpg;
+      mean[i] = mean_in[bg];
+      rstd[i] = rstd_in[bg];
+      af.fold(th.b, c, g.channels, mean[i], rstd[i], a[i], bb[i]);
+    }
+    const int64_t base = th.b * g.sb + th.c0;
+    for_each_row<true, scalar_t, V, acc_t>(g, th, x + base, dy + base,
+                                           [&](int64_t, const acc_t(&v)[V], const acc_t(&d)[V]) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const acc_t gz = grad_z(d[i], v[i] * a[i] + bb[i], silu);
+        s1[i] += gz;
+        s2[i] += gz * (v[i] - mean[i]);
+      }
+    });
+  }
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    sh_s1[threadIdx.x * V + i] = s1[i];
+    sh_s2[threadIdx.x * V + i] = s2[i];
+  }
+  __syncthreads();
+  if (!th.active || th.row_lane != 0) return;
+  const int tile_cols = g.tiling.tile_cols;
+  for (int i = 0; i < V; ++i) {
+    acc_t t1 = sh_s1[threadIdx.x * V + i], t2 = sh_s2[threadIdx.x * V + i];
+    for (int r = 1; r < g.tiling.rows_per_pass; ++r) {
+      const int j = r * tile_cols + threadIdx.x;
+      t1 += sh_s1[j * V + i];
+      t2 += sh_s2[j * V + i];
+    }
+    const int64_t k = th.partial(g, th.c0 + i);
+    partial[2 * k] = t1;
+    partial[2 * k + 1] = t2 * rstd[i];
+  }
+}
+
+// One block per (sample, group): each channel's (sum dz, sum dz xhat) over the chunks (kept in
+// `sums` for the parameter gradients), then each channel's coefficients of
+// dx = dz k1 + x k2 + k3 (with the forward's a, b to recompute z), stored as [a, b, k1, k2, k3].
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) gn_cl_bwd_finalize_kernel(
+    const ClGeom g, const Affine<acc_t> af, int64_t b0, const acc_t* __restrict__ partial,
+    const acc_t* __restrict__ mean_in, const acc_t* __restrict__ rstd_in,
+    acc_t* __restrict__ sums /* [B, C, 2] */, acc_t* __restrict__ coef /* [B, C, 5] */,
+    acc_t inv_count) {
+  __shared__ acc_t sh_m[2];
+  const int64_t bg = b0 * g.groups + blockIdx.x;
+  const int64_t b = bg / g.groups;
+  const int c0 = static_cast<int>(bg % g.groups) * g.cpg;
+  const acc_t mean = mean_in[bg], rstd = rstd_in[bg];
+  const RowTiling& t = g.tiling;
+  acc_t m1 = 0, m2 = 0;  // valid in thread 0
+  for (int c = c0; c < c0 + g.cpg; ++c) {
+    acc_t s1 = 0, s2 = 0;
+    for (int k = threadIdx.x; k < t.chunks; k += kThreads) {
+      const int64_t j = (b * t.chunks + k) * g.channels + c;
+      s1 += partial[2 * j];
+      s2 += partial[2 * j + 1];
+    }
+    block_sum2(s1, s2);
+    if (threadIdx.x == 0) {
+      const int64_t bc = b * g.channels + c;
+      sums[2 * bc] = s1;
+      sums[2 * bc + 1] = s2;
+      const acc_t gain = af.w(c) * af.film(bc);
+      m1 += gain * s1;
+      m2 += gain * s2;
+    }
+    __syncthreads();  // block_sum2's shared memory is reused by the next channel
+  }
+  if (threadIdx.x == 0) {
+    sh_m[0] = m1 * inv_count;
+    sh_m[1] = m2 * inv_count;
+  }
+  __syncthreads();
+  m1 = sh_m[0];
+  m2 = sh_m[1];
+  for (int c = c0 + threadIdx.x; c < c0 + g.cpg; c += kThreads) {
+    const int64_t bc = b * g.channels + c;
+    acc_t a, bb;
+    af.fold(b, c, g.channels, mean, rstd, a, bb);
+    acc_t* k = coef + 5 * bc;
+    k[0] = a;
+    k[1] = bb;
+    k[2] = rstd * af.w(c) * af.film(bc);
+    k[3] = -rstd * rstd * m2;
+    k[4] = rstd * (mean * rstd * m2 - m1);
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) gn_cl_bwd_dx_kernel(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dx,
+    const ClGeom g, int64_t b0, const acc_t* __restrict__ coef, bool silu) {
+  const ClThread th(g, b0, std::integral_constant<int, V>());
+  if (!th.active) return;
+  acc_t k[5][V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+#pragma unroll
+    for (int j = 0; j < 5; ++j) k[j][i] = coef[5 * (th.b * g.channels + th.c0 + i) + j];
+  }
+  const int64_t base = th.b * g.sb + th.c0;
+  for_each_row<true, scalar_t, V, acc_t>(g, th, x + base, dy + base,
+                                         [&](int64_t p, const acc_t(&v)[V], const acc_t(&d)[V]) {
+    acc_t out[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const acc_t gz = grad_z(d[i], v[i] * k[0][i] + k[1][i], silu);
+      out[i] = gz * k[2][i] + v[i] * k[3][i] + k[4][i];
+    }
+    store_vec<scalar_t, V>(dx + base + g.row_offset(p), out);
+  });
+}
+
+// ---- host side of the channels-innermost kernels ---------------------------------------------
+
+// Unit channel stride and several channels: rows of contiguous channels.
+bool channels_inner(const NormLayout& l) { return l.sc == 1 && l.channels > 1; }
+
+// 16-byte vectors along channels: whole vectors per row, aligned rows.
+bool cl_vectorisable(const NormLayout& l, std::initializer_list<const at::Tensor*> tensors, int v) {
+  if (v == 1) return true;
+  if (l.channels % v != 0 || l.sb % v != 0 || (l.frames > 1 && l.sf % v != 0) ||
+      (l.spatial > 1 && l.ss % v != 0)) {
+    return false;
+  }
+  for (const at::Tensor* t : tensors) {
+    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// Geometry for vectors of `v` channels, and the samples per wave (`bytes_per_sample` read per
+// sample: x, or x and grad_y).
+ClGeom make_cl_geom(const NormLayout& l, int64_t groups, int v, int64_t bytes_per_sample,
+                    int64_t* samples_per_wave) {
+  int device = 0, sms = 0, threads_per_sm = 0, l2_bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const int64_t rows = l.frames * l.spatial;
+  TORCH_CHECK(rows < (int64_t{1} << 31), "group_norm_act (CUDA): F * S must be < 2^31");
+  const int64_t wave_bytes = std::max<int64_t>(l2_bytes / 2, 1 << 20);
+  *samples_per_wave = std::clamp<int64_t>(wave_bytes / std::max<int64_t>(bytes_per_sample, 1), 1,
+                                          std::min<int64_t>(l.batch, 65535));
+  // about two rounds of resident blocks per wave
+  const int64_t blocks = 2 * int64_t{sms} * (threads_per_sm / kThreads);
+  const RowTiling tiling = make_row_tiling(rows, static_cast<int>(l.channels / v), kThreads,
+                                           (blocks + *samples_per_wave - 1) / *samples_per_wave, kUnroll);
+  TORCH_CHECK(tiling.col_tiles <= 65535, "group_norm_act (CUDA): too many channels");
+  return {l.sb, l.sf, l.ss, static_cast<int>(l.channels), static_cast<int>(groups),
+          static_cast<int>(l.channels / groups), tiling,
+          IntDivider<unsigned int>(static_cast<unsigned int>(l.spatial))};
+}
+
+template <typename scalar_t, typename acc_t, int V>
+void cl_forward(const at::Tensor& x, at::Tensor& y, const NormLayout& l, int64_t G,
+                const Affine<acc_t>& af, at::Tensor& mean, at::Tensor& rstd, acc_t eps, bool silu,
+                cudaStream_t stream) {
+  int64_t per_wave = 1;
+  const ClGeom geo = make_cl_geom(l, G, V, l.frames * l.spatial * l.channels * x.element_size(), &per_wave);
+  const auto acc = x.options().dtype(mean.scalar_type());
+  at::Tensor partial = at::empty({l.batch * geo.tiling.chunks * l.channels * 2}, acc);
+  at::Tensor coef = at::empty({l.batch * l.channels * 2}, acc);
+  for (int64_t b0 = 0; b0 < l.batch; b0 += per_wave) {
+    const int64_t nb = std::min(per_wave, l.batch - b0);
+    const dim3 grid(geo.tiling.chunks, geo.tiling.col_tiles, static_cast<unsigned int>(nb));
+    gn_cl_stats_kernel<scalar_t, acc_t, V><<<grid, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), geo, b0, partial.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gn_cl_finalize_kernel<acc_t><<<static_cast<unsigned int>(nb * G), kThreads, 0, stream>>>(
+        geo, af, b0, partial.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(),
+        coef.data_ptr<acc_t>(), eps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gn_cl_apply_kernel<scalar_t, acc_t, V><<<grid, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), geo, b0, coef.data_ptr<acc_t>(), silu);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+void cl_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, const NormLayout& l,
+                 int64_t G, const Affine<acc_t>& af, const at::Tensor& mean, const at::Tensor& rstd,
+                 bool silu, at::Tensor& sums, cudaStream_t stream) {
+  int64_t per_wave = 1;
+  const ClGeom geo =
+      make_cl_geom(l, G, V, 2 * l.frames * l.spatial * l.channels * x.element_size(), &per_wave);
+  const auto acc = sums.options();
+  at::Tensor partial = at::empty({l.batch * geo.tiling.chunks * l.channels * 2}, acc);
+  at::Tensor coef = at::empty({l.batch * l.channels * 5}, acc);
+  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(l.frames * l.spatial * (l.channels / G));
+  for (int64_t b0 = 0; b0 < l.batch; b0 += per_wave) {
+    const int64_t nb = std::min(per_wave, l.batch - b0);
+    const dim3 grid(geo.tiling.chunks, geo.tiling.col_tiles, static_cast<unsigned int>(nb));
+    gn_cl_bwd_sums_kernel<scalar_t, acc_t, V><<<grid, kThreads, 0, stream>>>(
+        dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geo, af, mean.data_ptr<acc_t>(),
+        rstd.data_ptr<acc_t>(), silu, b0, partial.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gn_cl_bwd_finalize_kernel<acc_t><<<static_cast<unsigned int>(nb * G), kThreads, 0, stream>>>(
+        geo, af, b0, partial.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(),
+        sums.data_ptr<acc_t>(), coef.data_ptr<acc_t>(), inv_count);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gn_cl_bwd_dx_kernel<scalar_t, acc_t, V><<<grid, kThreads, 0, stream>>>(
+        dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), geo, b0,
+        coef.data_ptr<acc_t>(), silu);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 }  // namespace
 }  // namespace cuda
 
@@ -482,29 +946,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_fwd_cuda(
     using acc_t = acc_type<scalar_t>;
     const AffineTensors<acc_t> af(weight, bias, scale, shift, acc);
     constexpr int kVec = 16 / sizeof(scalar_t);
-    with_vector_width<scalar_t>(vectorisable(l, {&x, &y}, kVec), [&](auto width) {
-      constexpr int V = decltype(width)::value;
-      const int64_t vecs = l.frames * l.spatial / V;
-      const int64_t cpg = l.channels / G;
-      const Plan pl = plan(l, G, vecs, l.frames * cpg * l.spatial * x.element_size());
-      const GnGeom geo = make_geom(l, G, V, pl.nsplit);
-      at::Tensor partial = at::empty({l.batch * l.channels * pl.nsplit * 2}, x.options().dtype(acc));
-      const int64_t units_per_group = cpg * pl.nsplit;
-      for (int64_t g0 = 0; g0 < l.batch * G; g0 += pl.groups_per_wave) {
-        const int64_t groups = std::min(pl.groups_per_wave, l.batch * G - g0);
-        const int64_t unit0 = g0 * units_per_group;
-        const int64_t units = groups * units_per_group;
-        TORCH_CHECK(units < (int64_t{1} << 31), "group_norm_act (CUDA): too many blocks");
-        gn_stats_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
-            x.data_ptr<scalar_t>(), geo, unit0, partial.data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        gn_apply_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
-            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), geo, af.view(), unit0,
-            partial.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(),
-            static_cast<acc_t>(eps), silu);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
+    if (channels_inner(l)) {
+      with_vector_width<scalar_t>(cl_vectorisable(l, {&x, &y}, kVec), [&](auto width) {
+        cl_forward<scalar_t, acc_t, decltype(width)::value>(x, y, l, G, af.view(), mean, rstd,
+                                                            static_cast<acc_t>(eps), silu, stream);
+      });
+    } else {
+      with_vector_width<scalar_t>(vectorisable(l, {&x, &y}, kVec), [&](auto width) {
+        planar_forward<scalar_t, acc_t, decltype(width)::value>(x, y, l, G, af.view(), mean, rstd,
+                                                                static_cast<acc_t>(eps), silu, stream);
+      });
+    }
   });
   if (!y.is_same(y_result)) y_result.copy_(y);
   return {y_result, mean, rstd};
@@ -548,32 +1000,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
       const NormLayout l = *layout_of(x, channel_dim);
       TORCH_INTERNAL_ASSERT(dx.strides() == x.strides() && dy.strides() == x.strides());
       constexpr int kVec = 16 / sizeof(scalar_t);
-      with_vector_width<scalar_t>(vectorisable(l, {&x, &dy, &dx}, kVec), [&](auto width) {
-        constexpr int V = decltype(width)::value;
-        const int64_t vecs = l.frames * l.spatial / V;
-        const int64_t cpg = C / G;
-        const Plan pl = plan(l, G, vecs, 2 * l.frames * cpg * l.spatial * x.element_size());
-        const GnGeom geo = make_geom(l, G, V, pl.nsplit);
-        at::Tensor partial = at::empty({B * C * pl.nsplit * 2}, x.options().dtype(acc));
-        const acc_t inv_count = acc_t(1) / static_cast<acc_t>(l.frames * cpg * l.spatial);
-        const int64_t units_per_group = cpg * pl.nsplit;
-        for (int64_t g0 = 0; g0 < B * G; g0 += pl.groups_per_wave) {
-          const int64_t groups = std::min(pl.groups_per_wave, B * G - g0);
-          const int64_t unit0 = g0 * units_per_group;
-          const int64_t units = groups * units_per_group;
-          TORCH_CHECK(units < (int64_t{1} << 31), "group_norm_act (CUDA): too many blocks");
-          gn_bwd_sums_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
-              dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), geo, af.view(),
-              mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), silu, unit0,
-              partial.data_ptr<acc_t>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          gn_bwd_dx_kernel<scalar_t, acc_t, V><<<static_cast<unsigned int>(units), kThreads, 0, stream>>>(
-              dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), geo,
-              af.view(), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), silu, unit0,
-              partial.data_ptr<acc_t>(), sums.data_ptr<acc_t>(), inv_count);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      });
+      if (channels_inner(l)) {
+        with_vector_width<scalar_t>(cl_vectorisable(l, {&x, &dy, &dx}, kVec), [&](auto width) {
+          cl_backward<scalar_t, acc_t, decltype(width)::value>(dy, x, dx, l, G, af.view(), mean,
+                                                               rstd, silu, sums, stream);
+        });
+      } else {
+        with_vector_width<scalar_t>(vectorisable(l, {&x, &dy, &dx}, kVec), [&](auto width) {
+          planar_backward<scalar_t, acc_t, decltype(width)::value>(dy, x, dx, l, G, af.view(), mean,
+                                                                   rstd, silu, sums, stream);
+        });
+      }
     }
     if (C > 0) {
       gn_param_grads_kernel<acc_t><<<(C + kThreads - 1) / kThreads, kThreads, 0, stream>>>(

@@ -18,7 +18,7 @@ from mmattn.nn._ops import check_impl, rs_attention
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import check_audio, check_video, tokens_to_video, video_tokens
 from mmattn.nn.norm import GroupNormAct
-from mmattn.nn.recompute import attention_kernels, checkpoint_keeping, wants_recompute
+from mmattn.nn.recompute import recomputable, recompute_saved, wants_recompute
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,15 +68,14 @@ class TokenSelfAttention(nn.Module):
         if x.dim() < 3 or x.shape[-1] != self.channels:
             raise ValueError(f"{type(self).__name__} expected tokens [*N, T, C={self.channels}], "
                              f"got shape {tuple(x.shape)}")
-        if self.norm.impl == "fused" and wants_recompute(self.recompute, x):
-            return checkpoint_keeping(self._attend, x, ops=attention_kernels())
-        return self._attend(x)
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         t, c = x.shape[-2:]
         tokens = x.reshape(-1, t, c)
-        h = self.norm(tokens.transpose(1, 2)).transpose(1, 2)
-        q, k, v = split_heads(self.qkv(h), self.num_heads)
+        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute, x)
+        # token-major (contiguous), as the projection reads it: what it saves is then a view of `h`
+        h, recipe = recomputable(lambda: self.norm(tokens.transpose(1, 2)).transpose(1, 2).contiguous(), enabled)
+        with recompute_saved(recipe):
+            qkv = self.qkv(h)
+        q, k, v = split_heads(qkv, self.num_heads)
         out = merge_heads(F.scaled_dot_product_attention(q, k, v))
         return x + self.proj(out).view(x.shape)
 
@@ -158,20 +157,19 @@ class RSMultiModalAttention(nn.Module):
         if audio.shape[2] < f:
             raise ValueError(f"audio length L ({audio.shape[2]}) must be >= frames F ({f})")
         shift = self.draw_shift(f) if shift is None else int(shift)
-        if self.impl == "fused" and wants_recompute(self.recompute, video):
-            return checkpoint_keeping(self._attend, video, audio, shift, ops=attention_kernels())
-        return self._attend(video, audio, shift)
-
-    def _attend(self, video: torch.Tensor, audio: torch.Tensor,
-                shift: int) -> tuple[torch.Tensor, torch.Tensor]:
-        f = video.shape[1]
-        q_v, k_v, v_v = split_heads(self.video_qkv(video_tokens(self.video_norm(video))), self.num_heads)
-        q_a, k_a, v_a = split_heads(self.audio_qkv(self.audio_norm(audio).transpose(1, 2)), self.num_heads)
+        enabled = self.impl == "fused" and wants_recompute(self.recompute, video)
+        # token-major (contiguous), as the projections read them: what they save is then a view
+        h_v, recipe_v = recomputable(lambda: video_tokens(self.video_norm(video)).contiguous(), enabled)
+        h_a, recipe_a = recomputable(lambda: self.audio_norm(audio).transpose(1, 2).contiguous(), enabled)
+        with recompute_saved(recipe_v, recipe_a):
+            qkv_v, qkv_a = self.video_qkv(h_v), self.audio_qkv(h_a)
+        q_v, k_v, v_v = split_heads(qkv_v, self.num_heads)
+        q_a, k_a, v_a = split_heads(qkv_a, self.num_heads)
         out_v, out_a = rs_attention(q_v, k_v, v_v, q_a, k_a, v_a, frames=f, window=self.window,
                                     shift=shift, impl=self.impl)
-        video = video + tokens_to_video(self.video_proj(merge_heads(out_v)), video.shape)
-        audio = audio + self.audio_proj(merge_heads(out_a)).transpose(1, 2)
-        return video, audio
+        # `video` and `audio` are not reassigned: the recipes' closures read them in the backward
+        return (video + tokens_to_video(self.video_proj(merge_heads(out_v)), video.shape),
+                audio + self.audio_proj(merge_heads(out_a)).transpose(1, 2))
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, heads={self.num_heads}, window={self.window}, "

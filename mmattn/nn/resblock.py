@@ -12,9 +12,9 @@ from mmattn.nn.attention import AudioSelfAttention, VideoSelfAttention
 from mmattn.nn.conv import AudioConv, VideoConv
 from mmattn.nn.dropout import Dropout
 from mmattn.nn.init import zero_module
-from mmattn.nn.layout import channel_view
+from mmattn.nn.layout import channel_view, frames_last
 from mmattn.nn.norm import GroupNormAct
-from mmattn.nn.recompute import PRODUCTS, checkpoint_keeping, wants_recompute
+from mmattn.nn.recompute import recomputable, recompute_saved, wants_recompute
 from mmattn.nn.resample import Downsample, Upsample
 
 RESAMPLE: tuple[str | None, ...] = (None, "down", "up")
@@ -25,12 +25,9 @@ class NormActConv(nn.Module):
     """`GroupNormAct (+FiLM) -> Dropout -> conv`; shapes as the conv, FiLM `scale`/`shift` `[B, C]`.
 
     `recompute` (fused norm only; see `mmattn.nn.recompute`, default None: on accelerators)
-    trades a little compute for activation memory in training: only `x` (saved by the norm
-    anyway) and the outputs of the conv's inner products (`conv.products - 1` of them,
-    `products` defaulting to 1) are kept; the normalised activations, the dropout mask and the
-    conv's input are recomputed in the backward, one elementwise pass. The conv's own output is
-    not kept (nothing inside needs it). On 2 CPU cores recomputing costs about 5% of a paper-64
-    training step and saves about 10% of its memory.
+    trades a little compute for activation memory in training: the conv's input (the normalised,
+    dropped-out activations) is not kept but recomputed in the backward, one norm pass with the
+    dropout's random state replayed. `x` is kept anyway (the norm's backward needs it).
     """
 
     def __init__(self, norm: GroupNormAct, conv: nn.Module, dropout: float = 0.0,
@@ -41,14 +38,18 @@ class NormActConv(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
-        if self.norm.impl == "fused" and wants_recompute(self.recompute, x):
-            return checkpoint_keeping(self._forward, x, scale, shift, ops=PRODUCTS,
-                                      count=getattr(self.conv, "products", 1) - 1)
-        return self._forward(x, scale, shift)
+        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute, x)
+        random = self.dropout.training and self.dropout.p > 0
+        h, recipe = recomputable(lambda: self._conv_input(x, scale, shift), enabled,
+                                 x.device if random else None)
+        with recompute_saved(recipe):
+            return self.conv(h)
 
-    def _forward(self, x: torch.Tensor, scale: torch.Tensor | None,
-                 shift: torch.Tensor | None) -> torch.Tensor:
-        return self.conv(self.dropout(self.norm(x, scale, shift)))
+    def _conv_input(self, x: torch.Tensor, scale: torch.Tensor | None,
+                    shift: torch.Tensor | None) -> torch.Tensor:
+        h = self.dropout(self.norm(x, scale, shift))
+        # in the memory order the conv computes in, so that what it saves is a view of `h`
+        return frames_last(h) if isinstance(self.conv, VideoConv) else h
 
 
 class _ResBlock(nn.Module):

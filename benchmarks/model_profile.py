@@ -1,0 +1,59 @@
+"""Where a model step's time goes: torch.profiler over one forward+backward of each variant.
+
+    python -m benchmarks.model_profile [--device cpu|cuda] [--batch N] [--variants fused:fp16,...]
+                                       [--preset paper-64] [--rows 30] [--published PATH]
+
+Variants are those of `benchmarks.model` (`impl:precision[:recompute|keep]`, `published:fp16`).
+For each, one warm-up step, then one profiled step; prints the operators sorted by their own
+time on the device (CUDA kernels on GPU, CPU time on CPU), with their share of the step.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.common import device_name, sync
+from benchmarks.model import build_variants, make_inputs, step_functions
+from mmdiffusion.unet import UNetConfig
+
+
+def profile_step(step, device: torch.device, rows: int) -> str:
+    """The profiler's operator table of one call of `step`, sorted by self device time."""
+    step()
+    sync(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_profile", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, help="default: 1 on CPU, 4 on CUDA")
+    parser.add_argument("--variants", default="fused:fp16", help="comma-separated, as in benchmarks.model")
+    parser.add_argument("--preset", default="paper-64")
+    parser.add_argument("--rows", type=int, default=30, help="operators shown per variant")
+    parser.add_argument("--published", type=Path, help="a checkout of researchmm/MM-Diffusion")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    batch = args.batch or (4 if device.type == "cuda" else 1)
+    config = UNetConfig.preset(args.preset)
+    variants = args.variants.split(",")
+    models = build_variants(config, variants, device, args.published)
+    video, audio, timesteps = make_inputs(config, batch, device)
+    for variant, model in models.items():
+        step = step_functions(model, video, audio, timesteps)["forward+backward"]
+        print(f"\n## {variant}: {args.preset} forward+backward, batch {batch}, {device_name(device)}\n")
+        print(profile_step(step, device, args.rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
