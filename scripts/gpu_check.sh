@@ -13,6 +13,7 @@
 #
 #   scripts/gpu_check.sh [OUTDIR]      (default: $OUT, else ./gpu_check_out)
 #   GPU_CHECK_CASES="norm:audio-128x25600 ..."  benchmark only these kind:case pairs
+#   GPU_CHECK_PROFILE=published:fp16,fused:fp16  model variants to profile (default fused:fp16)
 #
 # OUTDIR receives three files: results.json, results.md and logs.tar.gz (every log and raw
 # benchmark file), also when a step fails.
@@ -100,11 +101,10 @@ timeout "$(step_timeout 180)" $PY -m benchmarks.model "${MODEL_ARGS[@]}" > "$OUT
 note model_rc $?
 tail -8 "$OUTDIR/model.log"
 
-log "profile of one training step, published fp16 vs ours (log: profile.txt)"
-PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants fused:fp16)
-[[ -n ${GPU_CHECK_PUBLISHED:-} ]] && PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants published:fp16,fused:fp16
-                                                   --published "$GPU_CHECK_PUBLISHED")
-timeout "$(step_timeout 60)" $PY -m benchmarks.model_profile "${PROFILE_ARGS[@]}" > "$OUTDIR/profile.txt" 2>&1
+log "profile of one training step (log: profile.txt)"
+PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants ${GPU_CHECK_PROFILE:-fused:fp16})
+[[ -n ${GPU_CHECK_PUBLISHED:-} ]] && PROFILE_ARGS+=(--published "$GPU_CHECK_PUBLISHED")
+timeout "$(step_timeout 90)" $PY -m benchmarks.model_profile "${PROFILE_ARGS[@]}" > "$OUTDIR/profile.txt" 2>&1
 note profile_rc $?
 
 log "device ceilings: copy bandwidth, bf16 matrix rate"
@@ -163,6 +163,11 @@ for shape, cd in (((2, 8, 64), 1), ((2, 3, 8, 5, 7), 2)):
     x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(8, device="cuda", requires_grad=True)
     mmattn.group_norm_act(x, 4, w, channel_dim=cd).float().sum().backward()
+# channels innermost: frames-last video with vector and scalar columns (24 and 12 channels)
+for c in (24, 12):
+    x = torch.randn(2, 3, 5, 7, c, device="cuda", dtype=torch.bfloat16).permute(0, 1, 4, 2, 3).requires_grad_()
+    w = torch.randn(c, device="cuda", requires_grad=True)
+    mmattn.group_norm_act(x, 4, w, channel_dim=2).float().sum().backward()
 torch.cuda.synchronize()
 print("sanitize workload done")
 EOF
