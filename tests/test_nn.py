@@ -385,6 +385,19 @@ def test_norm_act_conv_recompute(conv, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+def test_recompute_under_autocast_replaces_the_cast_copy(monkeypatch):
+    """Under autocast the conv saves a bf16 copy of its float32 input: the recomputed value is
+    that copy (else nothing would be saved), and the gradients are those of keeping it."""
+    recomputed = _spy_on_recomputation(monkeypatch)
+    make = lambda flag: NormActConv(GroupNormAct(8, C, channel_dim=2), VideoConv(C, 16), 0.3,  # noqa: E731
+                                    recompute=flag)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with_keep, with_recompute = _grads_with_and_without_recompute(make, [video()])
+    assert [r.key[1] for r in recomputed] == [torch.bfloat16]
+    for a, b in zip(with_keep, with_recompute):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["TokenSelfAttention", "VideoSelfAttention", "AudioSelfAttention",
                                   "RSMultiModalAttention"])
 def test_attention_recompute(name, monkeypatch):

@@ -76,12 +76,26 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
 def recomputable(fn: Callable[[], torch.Tensor], enabled: bool,
                  random_on: torch.device | None = None) -> tuple[torch.Tensor, Recipe | None]:
     """`fn()` and, if `enabled`, the recipe to recompute it. `random_on`: the device whose random
-    numbers `fn` draws (dropout), so that the recomputation replays this call's random state."""
+    numbers `fn` draws (dropout), so that the recomputation replays this call's random state.
+
+    Under autocast the value is made in autocast's dtype (as its consumers, matrix products,
+    would cast it), so that what they save is the value itself rather than a cast copy."""
     if not enabled:
         return fn(), None
     rng_state = None if random_on is None else _rng_state(random_on)
     value = fn()
+    dtype = _autocast_dtype(value)
+    if dtype is not None and dtype != value.dtype:
+        value, fn = value.to(dtype), (lambda make=fn: make().to(dtype))
     return value, Recipe(value, fn, rng_state)
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast casts `x` to for a matrix product, or None where it leaves it."""
+    device = x.device.type
+    if x.dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
 
 
 @contextlib.contextmanager
