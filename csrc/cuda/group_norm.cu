@@ -386,6 +386,21 @@ bool vectorisable(const NormLayout& l, std::initializer_list<const at::Tensor*> 
   return true;
 }
 
+// What the launch plans size themselves by, for the current device.
+struct DeviceLimits {
+  int64_t wave_bytes;       // bytes per wave: about half the L2 cache (at least 1 MiB)
+  int64_t blocks_per_round; // blocks of kThreads threads resident at once
+};
+
+DeviceLimits device_limits() {
+  int device = 0, sms = 0, threads_per_sm = 0, l2_bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  return {std::max<int64_t>(l2_bytes / 2, 1 << 20), int64_t{sms} * (threads_per_sm / kThreads)};
+}
+
 // Parts per (sample, channel) and groups per wave for tensors of `bytes_per_group` bytes read
 // per group (x, or x and grad_y).
 struct Plan {
@@ -394,18 +409,13 @@ struct Plan {
 };
 
 Plan plan(const NormLayout& l, int64_t groups, int64_t vecs, int64_t bytes_per_group) {
-  int device = 0, sms = 0, threads_per_sm = 0, l2_bytes = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const DeviceLimits d = device_limits();
   const int64_t cpg = l.channels / groups;
   const int64_t total_groups = l.batch * groups;
-  const int64_t wave_bytes = std::max<int64_t>(l2_bytes / 2, 1 << 20);
   const int64_t per_wave =
-      std::min(total_groups, std::max<int64_t>(1, wave_bytes / std::max<int64_t>(bytes_per_group, 1)));
+      std::min(total_groups, std::max<int64_t>(1, d.wave_bytes / std::max<int64_t>(bytes_per_group, 1)));
   // about two rounds of resident blocks per wave, at least kUnroll vectors per thread
-  const int64_t target = 2 * int64_t{sms} * (threads_per_sm / kThreads);
+  const int64_t target = 2 * d.blocks_per_round;
   const int64_t max_split = std::max<int64_t>(1, vecs / (kThreads * kUnroll));
   const int64_t want = (target + per_wave * cpg - 1) / (per_wave * cpg);
   return {static_cast<int>(std::clamp<int64_t>(want, 1, max_split)), per_wave};
@@ -847,18 +857,13 @@ bool cl_vectorisable(const NormLayout& l, std::initializer_list<const at::Tensor
 // sample: x, or x and grad_y).
 ClGeom make_cl_geom(const NormLayout& l, int64_t groups, int v, int64_t bytes_per_sample,
                     int64_t* samples_per_wave) {
-  int device = 0, sms = 0, threads_per_sm = 0, l2_bytes = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const DeviceLimits d = device_limits();
   const int64_t rows = l.frames * l.spatial;
   TORCH_CHECK(rows < (int64_t{1} << 31), "group_norm_act (CUDA): F * S must be < 2^31");
-  const int64_t wave_bytes = std::max<int64_t>(l2_bytes / 2, 1 << 20);
-  *samples_per_wave = std::clamp<int64_t>(wave_bytes / std::max<int64_t>(bytes_per_sample, 1), 1,
+  *samples_per_wave = std::clamp<int64_t>(d.wave_bytes / std::max<int64_t>(bytes_per_sample, 1), 1,
                                           std::min<int64_t>(l.batch, 65535));
   // about two rounds of resident blocks per wave
-  const int64_t blocks = 2 * int64_t{sms} * (threads_per_sm / kThreads);
+  const int64_t blocks = 2 * d.blocks_per_round;
   const RowTiling tiling = make_row_tiling(rows, static_cast<int>(l.channels / v), kThreads,
                                            (blocks + *samples_per_wave - 1) / *samples_per_wave, kUnroll);
   TORCH_CHECK(tiling.col_tiles <= 65535, "group_norm_act (CUDA): too many channels");

@@ -5,8 +5,8 @@ output projection -> `x + out`. q/k/v channels are ordered `(q|k|v, head, head_d
 published order, so published 1x1-convolution weights load as they are (flattened).
 
 `recompute` (fused blocks; default None: on accelerators, see `mmattn.nn.recompute`): in
-training keep only the block's input and the attention kernel's outputs for the backward, and
-recompute the norm and the q/k/v projection there (the published blocks recompute everything).
+training the normalised input of the q/k/v projection is not kept for the backward but
+recomputed there (the published blocks recompute everything).
 """
 from __future__ import annotations
 

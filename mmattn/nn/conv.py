@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmattn.nn.autocast import autocast_dtype
 from mmattn.nn.layout import check_audio, check_video, flatten_frames, frames_last, unflatten_frames
 
 VIDEO_CONV_KINDS: tuple[str, ...] = ("2d+1d", "3d")
@@ -71,8 +72,7 @@ def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     gradient comes from `temporal_weight_grad`; elsewhere this is `F.conv2d`."""
     if x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return _conv_over_frames(x, weight, bias)
-    autocast = torch.is_autocast_enabled("cpu") and x.dtype != torch.float64  # autocast spares float64
-    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+    dtype = autocast_dtype(x) or x.dtype
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731  (autocast's casts, explicit)
     return _TemporalConv.apply(cast(x), cast(weight), cast(bias))
 
@@ -107,11 +107,6 @@ class VideoConv(nn.Module):
             self.temporal = nn.Conv1d(out_channels, out_channels, kernel_size, padding=pad)
         else:
             self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, padding=pad)
-
-    @property
-    def products(self) -> int:
-        """Convolutions/matrix products a call runs (see `NormActConv`)."""
-        return 2 if self.kind == "2d+1d" else 1
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         check_video(video, self.in_channels)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from mmattn.nn.autocast import autocast_dtype
+
 
 def set_recompute(module: torch.nn.Module, flag: bool | None) -> torch.nn.Module:
     """Set `recompute` to `flag` on every block in `module` that has the setting; returns it."""
@@ -84,18 +86,10 @@ def recomputable(fn: Callable[[], torch.Tensor], enabled: bool,
         return fn(), None
     rng_state = None if random_on is None else _rng_state(random_on)
     value = fn()
-    dtype = _autocast_dtype(value)
+    dtype = autocast_dtype(value)
     if dtype is not None and dtype != value.dtype:
         value, fn = value.to(dtype), (lambda make=fn: make().to(dtype))
     return value, Recipe(value, fn, rng_state)
-
-
-def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast casts `x` to for a matrix product, or None where it leaves it."""
-    device = x.device.type
-    if x.dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return None
 
 
 @contextlib.contextmanager
