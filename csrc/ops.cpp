@@ -5,8 +5,9 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "ops.h"
+#include "dropout_mask.h"
 #include "norm_tiling.h"
+#include "ops.h"
 #include "rs_index.h"
 
 namespace mmattn {
@@ -39,6 +40,7 @@ TORCH_LIBRARY_IMPL(mmattn, CUDA, m) {
   m.impl("segment_attention_bwd", &segment_attention_bwd_cuda);
   m.impl("group_norm_act_fwd", &group_norm_act_fwd_cuda);
   m.impl("group_norm_act_bwd", &group_norm_act_bwd_cuda);
+  m.impl("dropout", &dropout_cuda);
 }
 #endif
 

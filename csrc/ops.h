@@ -46,9 +46,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_bwd_cpu(
     int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
     const OptTensor& shift, bool silu, int64_t channel_dim);
 
-// Dropout with a counter-based mask: element i of the memory of x (dense; else a contiguous
-// copy) is zeroed iff hash(seed, i) < p * 2^32, else scaled by 1 / (1 - p). Returns y with
-// x's strides. The mask is a function of (seed, index): the backward is this op on grad_y.
+// Dropout with a counter-based mask (dropout_mask.h): element i of the memory of x (dense;
+// else a contiguous copy) is zeroed iff bits(seed, i) < p * 2^32, else scaled by 1 / (1 - p).
+// Returns y with x's strides. The mask is a function of (seed, index): the backward is this op
+// on grad_y, and the CPU and CUDA kernels drop the same elements.
 Tensor dropout_cpu(const Tensor& x, double p, int64_t seed);
 
 #ifdef MMATTN_WITH_CUDA
@@ -66,6 +67,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_bwd_cuda(
     const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& rstd,
     int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
     const OptTensor& shift, bool silu, int64_t channel_dim);
+Tensor dropout_cuda(const Tensor& x, double p, int64_t seed);
 #endif
 
 }  // namespace mmattn

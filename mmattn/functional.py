@@ -254,19 +254,23 @@ torch.library.register_autograd("mmattn::dropout", _dropout_backward, setup_cont
 
 
 def dropout(x: torch.Tensor, p: float, *, seed: int | None = None) -> torch.Tensor:
-    """Dropout (CPU): zero each element with probability `p`, scale the rest by `1 / (1 - p)`.
+    """Dropout (CPU and CUDA): zero each element with probability `p`, scale the rest by
+    `1 / (1 - p)`.
 
     The mask is a hash of `(seed, memory index)`: the backward recomputes it, so no mask is
-    stored for autograd. `seed=None` draws one from torch's default generator, so
-    `torch.manual_seed` reproduces the masks (and checkpoint recomputation, which restores
-    the generator, sees the same ones). Output: x's shape, dtype and strides.
+    stored for autograd, and a CPU and a CUDA tensor of one layout lose the same elements.
+    `seed=None` draws one from torch's default (CPU) generator, also for CUDA tensors (no
+    device synchronisation), so `torch.manual_seed` reproduces the masks (and checkpoint
+    recomputation, which restores that generator, sees the same ones). Output: x's shape,
+    dtype and strides.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float64, bfloat16 or float16, got {x.dtype}")
-    if x.device.type != "cpu":
-        raise ValueError(f"mmattn.dropout runs on CPU, got x on {x.device}")
+    if x.device.type not in ("cpu", "cuda") or (x.is_cuda and not _C.with_cuda):
+        raise ValueError(f"mmattn.dropout runs on CPU{' and CUDA' if _C.with_cuda else ''}, "
+                         f"got x on {x.device}")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     if p == 0.0:

@@ -467,6 +467,45 @@ def test_group_norm_torch_compile_fullgraph_inductor():
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
+# ------------------------------------------------------------------------------- dropout
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "frames_last", "sliced"])
+def test_dropout_drops_what_the_cpu_kernel_drops(layout, dtype):
+    """One mask function (csrc/dropout_mask.h) on both devices: bitwise the CPU result, forward
+    and backward, for every layout (the mask follows memory order)."""
+    if layout == "frames_last":
+        x = torch.randn(2, 3, 5, 40, 9, dtype=dtype).permute(0, 1, 4, 2, 3)
+    elif layout == "sliced":
+        x = torch.randn(600, 100, dtype=dtype)[:, ::2]
+    else:
+        x = torch.randn(3, 100_003, dtype=dtype)  # grid-stride: more elements than one wave
+    x_cuda = x.to(DEV).requires_grad_()
+    y_cuda = mmattn.dropout(x_cuda, 0.3, seed=-12345)
+    assert y_cuda.stride() == torch.empty_like(x_cuda).stride()
+    assert torch.equal(y_cuda.cpu(), mmattn.dropout(x, 0.3, seed=-12345))
+    grad = torch.randn(x.shape, dtype=dtype)
+    y_cuda.backward(grad.to(DEV))
+    x_cpu = x.clone().requires_grad_()
+    mmattn.dropout(x_cpu, 0.3, seed=-12345).backward(grad)
+    assert torch.equal(x_cuda.grad.cpu(), x_cpu.grad)
+
+
+def test_dropout_module_saves_no_mask_on_cuda():
+    """`mmattn.nn.Dropout` takes the seeded kernel on CUDA: autograd keeps nothing for it."""
+    from mmattn.nn import Dropout
+    x = torch.randn(4, 64, device=DEV, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = Dropout(0.5).train()(x)
+    assert saved == [] and y.grad_fn is not None
+    torch.manual_seed(3)
+    a = Dropout(0.5).train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, mmattn.dropout(x, 0.5))
+    torch.library.opcheck(torch.ops.mmattn.dropout.default, (x, 0.4, 11))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_blocks_recompute_by_default_with_the_same_gradients(dtype):
     """On CUDA the blocks recompute the normalised (and dropped-out) inputs of their convolutions

@@ -1,4 +1,6 @@
-"""`mmattn.dropout` (CPU, mask recomputed from a seed) and the `mmattn.nn.Dropout` switch."""
+"""`mmattn.dropout` (mask recomputed from a seed) and the `mmattn.nn.Dropout` switch. The CUDA
+kernel shares the mask function (csrc/dropout_mask.h); tests/test_cuda.py compares it with the
+CPU kernel."""
 import pytest
 import torch
 
@@ -16,6 +18,25 @@ def test_mask_rate_scale_and_independence():
     # Neighbouring elements are uncorrelated (|r| of n samples ~ 1 / sqrt(n) ~ 1e-3).
     k = kept.double()
     assert abs(torch.corrcoef(torch.stack([k[:-1], k[1:]]))[0, 1].item()) < 5 / n ** 0.5
+
+
+def splitmix_keeps(seed: int, p: float, n: int) -> torch.Tensor:
+    """The mask of csrc/dropout_mask.h written out in Python: element i is kept iff the top 32
+    bits of SplitMix64's finaliser of seed + (i + 1) * golden ratio are >= p * 2^32."""
+    m, threshold, keeps = (1 << 64) - 1, int(p * 2 ** 32), []
+    for i in range(n):
+        z = (seed + (i + 1) * 0x9E3779B97F4A7C15) & m
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        keeps.append(((z ^ (z >> 31)) >> 32) >= threshold)
+    return torch.tensor(keeps)
+
+
+@pytest.mark.parametrize("seed", [0, 12345, -7])
+def test_mask_is_the_documented_hash(seed):
+    # the kernels take the seed as int64 and hash its two's-complement bits
+    kept = mmattn.dropout(torch.ones(300), 0.3, seed=seed) != 0
+    assert torch.equal(kept, splitmix_keeps(seed % 2 ** 64, 0.3, 300))
 
 
 def test_seed_determines_mask_and_generator_draws_it():
@@ -61,7 +82,7 @@ def test_edge_probabilities_and_opcheck():
     ((torch.randn(3), 1.5), ValueError, "p must be"),
     ((torch.randn(3), -0.1), ValueError, "p must be"),
     ((torch.ones(3, dtype=torch.long), 0.1), TypeError, "x must be float32"),
-    ((torch.randn(3, device="meta"), 0.1), ValueError, "runs on CPU"),
+    ((torch.randn(3, device="meta"), 0.1), ValueError, "runs on CPU.* got x on meta"),
 ])
 def test_bad_inputs(args, exc, match):
     with pytest.raises(exc, match=match):

@@ -335,14 +335,14 @@ def test_residual_blocks_start_as_skip_and_identity():
 
 def _spy_on_recomputation(monkeypatch) -> list:
     """Record each recipe whose value the backward recomputed (a saved tensor it replaced)."""
-    recomputed, view = [], recompute.Recipe.view
+    recomputed, make = [], recompute.Recipe.recompute
 
-    def spy(self, *args):
+    def spy(self):
         if self.value is None:
             recomputed.append(self)
-        return view(self, *args)
+        return make(self)
 
-    monkeypatch.setattr(recompute.Recipe, "view", spy)
+    monkeypatch.setattr(recompute.Recipe, "recompute", spy)
     return recomputed
 
 
@@ -401,8 +401,9 @@ def test_recompute_under_autocast_replaces_the_cast_copy(monkeypatch):
 @pytest.mark.parametrize("name", ["TokenSelfAttention", "VideoSelfAttention", "AudioSelfAttention",
                                   "RSMultiModalAttention"])
 def test_attention_recompute(name, monkeypatch):
-    """Attention blocks recompute each normalised input of their q/k/v projections once in the
-    backward: the gradients of keeping them (the RS-MMA shift is drawn once, in the forward)."""
+    """Attention blocks recompute each normalised input of their q/k/v projections and q/k/v
+    (channels C and 3C) once in the backward: the gradients of keeping them (the RS-MMA shift is
+    drawn once, in the forward)."""
     recomputed = _spy_on_recomputation(monkeypatch)
     make_block, inputs = {
         "TokenSelfAttention": (lambda r: TokenSelfAttention(C, 2, recompute=r), (torch.randn(B, 3, 10, C),)),
@@ -414,9 +415,21 @@ def test_attention_recompute(name, monkeypatch):
     with_keep, with_recompute = _grads_with_and_without_recompute(
         lambda flag: randomize_(make_block(flag)), inputs)
     norms = {"VideoSelfAttention": 2, "RSMultiModalAttention": 2}.get(name, 1)
-    assert len(recomputed) == norms
+    assert sorted(r.value.shape[-1] for r in recomputed) == [C] * norms + [3 * C] * norms
     for a, b in zip(with_keep, with_recompute):
         torch.testing.assert_close(a, b)
+
+
+def test_attention_recompute_under_autocast_is_exact(monkeypatch):
+    """q/k/v are recomputed under the forward's autocast state: the bf16 projection of the
+    recomputed bf16 activations, so the gradients are bitwise those of keeping them."""
+    recomputed = _spy_on_recomputation(monkeypatch)
+    make = lambda flag: randomize_(RSMultiModalAttention(C, 16, window=2, recompute=flag))  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with_keep, with_recompute = _grads_with_and_without_recompute(make, [video(), audio()])
+    assert [r.value.dtype for r in recomputed] == [torch.bfloat16] * 4
+    for a, b in zip(with_keep, with_recompute):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_mm_resblock_shares_one_embedding_projection():

@@ -5,8 +5,9 @@ output projection -> `x + out`. q/k/v channels are ordered `(q|k|v, head, head_d
 published order, so published 1x1-convolution weights load as they are (flattened).
 
 `recompute` (fused blocks; default None: on accelerators, see `mmattn.nn.recompute`): in
-training the normalised input of the q/k/v projection is not kept for the backward but
-recomputed there (the published blocks recompute everything).
+training neither the normalised input of the q/k/v projection nor q/k/v themselves are kept for
+the backward but recomputed there, one norm pass and one projection (the published blocks
+recompute everything).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mmattn.nn._ops import check_impl, rs_attention
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import check_audio, check_video, tokens_to_video, video_tokens
 from mmattn.nn.norm import GroupNormAct
-from mmattn.nn.recompute import recomputable, recompute_saved, wants_recompute
+from mmattn.nn.recompute import recomputable, recompute_saved, then, wants_recompute
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,11 +73,11 @@ class TokenSelfAttention(nn.Module):
         tokens = x.reshape(-1, t, c)
         enabled = self.norm.impl == "fused" and wants_recompute(self.recompute, x)
         # token-major (contiguous), as the projection reads it: what it saves is then a view of `h`
-        h, recipe = recomputable(lambda: self.norm(tokens.transpose(1, 2)).transpose(1, 2).contiguous(), enabled)
-        with recompute_saved(recipe):
+        h, h_recipe = recomputable(lambda: self.norm(tokens.transpose(1, 2)).transpose(1, 2).contiguous(), enabled)
+        with recompute_saved(h_recipe):
             qkv = self.qkv(h)
-        q, k, v = split_heads(qkv, self.num_heads)
-        out = merge_heads(F.scaled_dot_product_attention(q, k, v))
+        with recompute_saved(then(h_recipe, qkv, self.qkv)):  # what attention saves of q, k, v
+            out = merge_heads(F.scaled_dot_product_attention(*split_heads(qkv, self.num_heads)))
         return x + self.proj(out).view(x.shape)
 
 
@@ -159,14 +160,13 @@ class RSMultiModalAttention(nn.Module):
         shift = self.draw_shift(f) if shift is None else int(shift)
         enabled = self.impl == "fused" and wants_recompute(self.recompute, video)
         # token-major (contiguous), as the projections read them: what they save is then a view
-        h_v, recipe_v = recomputable(lambda: video_tokens(self.video_norm(video)).contiguous(), enabled)
-        h_a, recipe_a = recomputable(lambda: self.audio_norm(audio).transpose(1, 2).contiguous(), enabled)
-        with recompute_saved(recipe_v, recipe_a):
+        h_v, h_v_recipe = recomputable(lambda: video_tokens(self.video_norm(video)).contiguous(), enabled)
+        h_a, h_a_recipe = recomputable(lambda: self.audio_norm(audio).transpose(1, 2).contiguous(), enabled)
+        with recompute_saved(h_v_recipe, h_a_recipe):
             qkv_v, qkv_a = self.video_qkv(h_v), self.audio_qkv(h_a)
-        q_v, k_v, v_v = split_heads(qkv_v, self.num_heads)
-        q_a, k_a, v_a = split_heads(qkv_a, self.num_heads)
-        out_v, out_a = rs_attention(q_v, k_v, v_v, q_a, k_a, v_a, frames=f, window=self.window,
-                                    shift=shift, impl=self.impl)
+        with recompute_saved(then(h_v_recipe, qkv_v, self.video_qkv), then(h_a_recipe, qkv_a, self.audio_qkv)):
+            out_v, out_a = rs_attention(*split_heads(qkv_v, self.num_heads), *split_heads(qkv_a, self.num_heads),
+                                        frames=f, window=self.window, shift=shift, impl=self.impl)
         # `video` and `audio` are not reassigned: the recipes' closures read them in the backward
         return (video + tokens_to_video(self.video_proj(merge_heads(out_v)), video.shape),
                 audio + self.audio_proj(merge_heads(out_a)).transpose(1, 2))

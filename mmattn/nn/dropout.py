@@ -9,20 +9,31 @@ from mmattn.nn._ops import check_impl
 
 
 class Dropout(nn.Dropout):
-    """`nn.Dropout` whose CPU training path with `impl="fused"` is `mmattn.dropout`: the mask is
-    regenerated from a seed in the backward instead of being saved, and is generated in
-    parallel. Other devices, `impl="reference"` and code under `torch.compile` (which fuses
-    torch's dropout itself) use torch's dropout. Any shape."""
+    """`nn.Dropout` whose training path with `impl="fused"` on CPU and CUDA is `mmattn.dropout`:
+    the mask is regenerated from a seed in the backward instead of being saved (on CUDA torch's
+    dropout saves a byte per element). Other devices, `impl="reference"` and code under
+    `torch.compile` (which fuses torch's dropout itself) use torch's dropout. Any shape."""
 
     def __init__(self, p: float = 0.5, *, impl: str = "fused"):
         super().__init__(p)
         self.impl = check_impl(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.training and self.impl == "fused" and x.device.type == "cpu"
-                and not torch.compiler.is_compiling()):  # compiled: inductor's own fused dropout
+        if self._seeded(x):
             return mmattn.dropout(x, self.p)
         return super().forward(x)
+
+    def _seeded(self, x: torch.Tensor) -> bool:
+        # compiled: inductor's own fused dropout
+        return (self.training and self.p > 0 and self.impl == "fused" and not torch.compiler.is_compiling()
+                and (x.device.type == "cpu" or (x.is_cuda and mmattn._C.with_cuda)))
+
+    def random_device(self, x: torch.Tensor) -> torch.device | None:
+        """The device whose generator `forward(x)` draws from (the CPU one for a seeded mask:
+        `mmattn.dropout` draws its seed there), or None if it draws nothing."""
+        if not self.training or self.p == 0:
+            return None
+        return torch.device("cpu") if self._seeded(x) else x.device
 
     def extra_repr(self) -> str:
         return f"p={self.p}, impl={self.impl!r}"

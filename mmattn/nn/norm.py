@@ -9,6 +9,14 @@ from mmattn.nn._ops import check_impl, group_norm_act
 ACTIVATIONS: tuple[str | None, ...] = ("silu", None)
 
 
+def _in_kernel_dtype(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """`t` as the fused op takes it next to an input of `dtype`: float32 as it is for a
+    bfloat16/float16 input, else in `dtype`."""
+    if t is None or t.dtype == dtype or (t.dtype == torch.float32 and dtype in (torch.bfloat16, torch.float16)):
+        return t
+    return t.to(dtype)
+
+
 class GroupNormAct(nn.Module):
     """`GroupNorm -> FiLM -> SiLU` through `mmattn.group_norm_act`.
 
@@ -16,7 +24,10 @@ class GroupNormAct(nn.Module):
     the `[B, F, C, H, W]` layout: statistics per sample and group over frames and space, as one
     GroupNorm of the `[B, C, F, H, W]` video). `scale`, `shift`: optional `[B, C]`, applied as
     `norm(x) * (1 + scale) + shift` after the affine parameters. Output: the shape, dtype and
-    memory layout of `x`. Parameters and FiLM inputs are cast to `x.dtype` (autocast).
+    memory layout of `x`. The parameters stay float32 under autocast (the kernels take float32
+    parameters with bfloat16/float16 `x` and compute in float32, as the published GroupNorm32
+    does; casting them would cost two host ops and a rounding per call and per gradient). Any
+    other parameter or FiLM dtype is cast to `x.dtype`.
     """
 
     def __init__(self, num_groups: int, num_channels: int, act: str | None = "silu",
@@ -45,7 +56,7 @@ class GroupNormAct(nn.Module):
             if value is not None and value.shape != (x.shape[0], self.num_channels):
                 raise ValueError(f"{name} must be [B, C] = [{x.shape[0]}, {self.num_channels}], "
                                  f"got shape {tuple(value.shape)}")
-        cast = (lambda t: None if t is None else t.to(x.dtype))
+        cast = lambda t: _in_kernel_dtype(t, x.dtype)  # noqa: E731
         return group_norm_act(x, self.num_groups, cast(self.weight), cast(self.bias),
                               scale=cast(scale), shift=cast(shift), act=self.act, eps=self.eps,
                               channel_dim=c, impl=self.impl)

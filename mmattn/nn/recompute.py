@@ -1,6 +1,7 @@
 """Activation recomputation for the blocks: the normalised activations a block feeds to its
 products are not kept for the backward but recomputed there (one norm pass, dropout replayed
-from the saved random state).
+from the saved random state), and so are the attention blocks' q/k/v (one projection of the
+recomputed activations: `Recipe.then`).
 
 A block decides per call with `wants_recompute(flag, x)`: `flag=None` (the blocks' default)
 recomputes on accelerators, where the recomputed elementwise passes are cheap and activation
@@ -39,29 +40,46 @@ def wants_recompute(flag: bool | None, x: torch.Tensor) -> bool:
 
 
 class Recipe:
-    """How to recompute one value: `fn()` under the random state it first ran with."""
+    """How to recompute one value: `fn()` under the autocast state it first ran under and the
+    random state (of `random_on`'s generator) it first drew from."""
 
-    def __init__(self, value: torch.Tensor, fn: Callable[[], torch.Tensor], rng_state: torch.Tensor | None):
+    def __init__(self, value: torch.Tensor, fn: Callable[[], torch.Tensor],
+                 random_on: torch.device | None = None, rng_state: torch.Tensor | None = None):
         # the value's storage, not the value: keeping a reference would keep its memory
         self.key = (value.untyped_storage().data_ptr(), value.dtype, value.device)
         self.offset = value.storage_offset()
-        self.fn, self.rng_state = fn, rng_state
+        self.fn = fn
+        self.random_on, self.rng_state = random_on, rng_state
+        device = value.device.type
+        self.autocast = dict(device_type=device, dtype=torch.get_autocast_dtype(device),
+                             enabled=torch.is_autocast_enabled(device))
         self.value: torch.Tensor | None = None  # recomputed once, on first use in the backward
 
     def matches(self, t: torch.Tensor) -> bool:
         """Whether `t` is a view of the value."""
         return (t.untyped_storage().data_ptr(), t.dtype, t.device) == self.key
 
-    def view(self, size, stride, offset: int) -> torch.Tensor:
-        """The view of the recomputed value with this geometry (`offset` from the value's own)."""
+    def recompute(self) -> torch.Tensor:
+        """The value, recomputed on the first call."""
         if self.value is None:
-            device = self.key[2]
-            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
-                                                        enabled=self.rng_state is not None):
-                if self.rng_state is not None:
+            device = self.random_on
+            with torch.no_grad(), torch.autocast(**self.autocast), torch.random.fork_rng(
+                    devices=[device] if device is not None and device.type == "cuda" else [],
+                    enabled=device is not None):
+                if device is not None:
                     _set_rng_state(device, self.rng_state)
                 self.value = self.fn()
-        return self.value.as_strided(size, stride, self.value.storage_offset() + offset)
+        return self.value
+
+    def view(self, size, stride, offset: int) -> torch.Tensor:
+        """The view of the recomputed value with this geometry (`offset` from the value's own)."""
+        value = self.recompute()
+        return value.as_strided(size, stride, value.storage_offset() + offset)
+
+    def then(self, value: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> Recipe:
+        """The recipe of `value`, which `fn` made from this recipe's value just now: recomputed
+        as `fn` of the recomputed value (one recomputation of this value serves both)."""
+        return Recipe(value, lambda: fn(self.recompute()))
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -84,12 +102,18 @@ def recomputable(fn: Callable[[], torch.Tensor], enabled: bool,
     would cast it), so that what they save is the value itself rather than a cast copy."""
     if not enabled:
         return fn(), None
-    rng_state = None if random_on is None else _rng_state(random_on)
+    rng_state = None if random_on is None else _rng_state(random_on)  # before fn draws
     value = fn()
     dtype = autocast_dtype(value)
     if dtype is not None and dtype != value.dtype:
         value, fn = value.to(dtype), (lambda make=fn: make().to(dtype))
-    return value, Recipe(value, fn, rng_state)
+    return value, Recipe(value, fn, random_on, rng_state)
+
+
+def then(recipe: Recipe | None, value: torch.Tensor,
+         fn: Callable[[torch.Tensor], torch.Tensor]) -> Recipe | None:
+    """`recipe.then(value, fn)`, or None without a recipe (recomputation off)."""
+    return None if recipe is None else recipe.then(value, fn)
 
 
 @contextlib.contextmanager

@@ -39,9 +39,8 @@ class NormActConv(nn.Module):
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
         enabled = self.norm.impl == "fused" and wants_recompute(self.recompute, x)
-        random = self.dropout.training and self.dropout.p > 0
         h, recipe = recomputable(lambda: self._conv_input(x, scale, shift), enabled,
-                                 x.device if random else None)
+                                 self.dropout.random_device(x))
         with recompute_saved(recipe):
             return self.conv(h)
 

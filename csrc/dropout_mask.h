@@ -1,0 +1,34 @@
+// The dropout mask as a function of (seed, memory index), shared by the CPU and CUDA kernels
+// (host and device code; unit-tested on the CPU through mmattn._C.dropout_keeps).
+//
+// Element i is kept iff bits(seed, i) >= threshold(p), so the backward regenerates the mask
+// instead of storing it, every thread draws its own elements independently, and the CPU and
+// CUDA kernels drop the same elements for the same seed.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "rs_index.h"  // MMATTN_HOST_DEVICE
+
+namespace mmattn {
+
+// SplitMix64's finaliser of seed + (i + 1) * golden ratio: the top 32 bits are uniform.
+MMATTN_HOST_DEVICE uint32_t dropout_bits(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<uint32_t>((z ^ (z >> 31)) >> 32);
+}
+
+// P(bits >= threshold) = 1 - threshold / 2^32 = 1 - p up to 2^-32 (p in [0, 1)).
+inline uint32_t dropout_threshold(double p) {
+  return static_cast<uint32_t>(std::min(std::ldexp(p, 32), 4294967295.0));
+}
+
+MMATTN_HOST_DEVICE bool dropout_keeps(uint64_t seed, uint32_t threshold, uint64_t i) {
+  return dropout_bits(seed, i) >= threshold;
+}
+
+}  // namespace mmattn
