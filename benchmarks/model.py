@@ -5,7 +5,7 @@
                                [--published PATH-TO-MM-Diffusion-checkout]
 
 Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
-bfloat16); on CUDA batch 4 with `fused:fp16,fused:bf16,fused:bf16:keep,reference:bf16` (`:keep`: without
+bfloat16); on CUDA batch 4 with `fused:fp16,fused:fp16:keep,fused:bf16,reference:bf16` (`:keep`: without
 the blocks' recomputation, which is on by default on accelerators). For each variant: forward
 (inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
 scratch) time, as the median of runs interleaved across variants so that machine noise hits
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
-    variants = (args.variants or ("fused:fp16,fused:bf16,fused:bf16:keep,reference:bf16" if cuda else
+    variants = (args.variants or ("fused:fp16,fused:fp16:keep,fused:bf16,reference:bf16" if cuda else
                                   "fused:fp32,reference:fp32,fused:bf16")).split(",")
     if args.published and not args.variants:
         variants.insert(0, "published:fp16" if cuda else "published:fp32")
