@@ -1,5 +1,6 @@
-"""Functional RS-MMA and fused GroupNorm(+FiLM+SiLU): validation, autograd and fake kernels
-around the compiled operators `torch.ops.mmattn.*` (DESIGN.md §1-§2)."""
+"""Functional RS-MMA, fused GroupNorm(+FiLM+SiLU) and seeded dropout: validation and fake
+kernels around the compiled operators `torch.ops.mmattn.*` (DESIGN.md §1-§2), whose autograd
+kernels are C++ (csrc/autograd.cpp)."""
 from __future__ import annotations
 
 import math
@@ -43,23 +44,6 @@ def _segment_attention_fwd_fake(q, k, v, segments, window, shift, scale):
 @torch.library.register_fake("mmattn::segment_attention_bwd")
 def _segment_attention_bwd_fake(grad_out, q, k, v, out, lse, segments, window, shift, scale):
     return empty_rows_like(q), empty_rows_like(k), empty_rows_like(v)
-
-
-def _segment_attention_setup(ctx, inputs, output):
-    q, k, v, segments, window, shift, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.args = (segments, window, shift, scale)
-
-
-def _segment_attention_backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _ops.segment_attention_bwd(grad_out, q, k, v, out, lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None
-
-
-torch.library.register_autograd("mmattn::segment_attention_fwd", _segment_attention_backward,
-                                setup_context=_segment_attention_setup)
 
 
 def _check_tensor(name: str, t, rank: int, layout: str) -> None:
@@ -161,27 +145,6 @@ def _group_norm_act_bwd_fake(grad_y, x, mean, rstd, num_groups, weight, bias, sc
             x.new_empty((b, c), dtype=_grad_dtype(shift, x)))
 
 
-def _group_norm_act_setup(ctx, inputs, output):
-    x, num_groups, weight, bias, scale, shift, silu, eps, channel_dim = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
-    ctx.args = (num_groups, silu, channel_dim)
-
-
-def _group_norm_act_backward(ctx, grad_y, _grad_mean, _grad_rstd):
-    x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
-    num_groups, silu, channel_dim = ctx.args
-    dx, dw, db, dscale, dshift = _ops.group_norm_act_bwd(
-        grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, silu, channel_dim)
-    keep = lambda t, g: None if t is None else g  # noqa: E731
-    return (dx, None, keep(weight, dw), keep(bias, db), keep(scale, dscale), keep(shift, dshift),
-            None, None, None)
-
-
-torch.library.register_autograd("mmattn::group_norm_act_fwd", _group_norm_act_backward,
-                                setup_context=_group_norm_act_setup)
-
-
 def _check_param(name: str, t, shape: tuple[int, ...], layout: str, x: torch.Tensor) -> None:
     if t is None:
         return
@@ -236,21 +199,6 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
 @torch.library.register_fake("mmattn::dropout")
 def _dropout_fake(x, p, seed):
     return torch.empty_like(x)
-
-
-def _dropout_setup(ctx, inputs, output):
-    _, ctx.p, ctx.seed = inputs
-    ctx.layout = (output.shape, output.stride())
-
-
-def _dropout_backward(ctx, grad):
-    shape, stride = ctx.layout
-    if grad.stride() != stride:  # the mask is indexed by memory position: match y's strides
-        grad = torch.empty_strided(shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
-    return _ops.dropout(grad, ctx.p, ctx.seed), None, None
-
-
-torch.library.register_autograd("mmattn::dropout", _dropout_backward, setup_context=_dropout_setup)
 
 
 def dropout(x: torch.Tensor, p: float, *, seed: int | None = None) -> torch.Tensor:
