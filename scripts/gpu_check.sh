@@ -147,7 +147,7 @@ done
 if command -v compute-sanitizer > /dev/null && ((BUDGET - (SECONDS - START) > 80)); then
   cat > "$OUTDIR/sanitize.py" <<'EOF'
 # every kernel once on small shapes: tensor-core (bf16, D=64 and 128) and generic (fp32) attention,
-# vector and scalar GroupNorm, forward and backward
+# vector and scalar GroupNorm and dropout, forward and backward
 import torch, mmattn
 torch.manual_seed(0)
 from mmattn.nn.attention import split_heads
@@ -168,6 +168,9 @@ for c in (24, 12):
     x = torch.randn(2, 3, 5, 7, c, device="cuda", dtype=torch.bfloat16).permute(0, 1, 4, 2, 3).requires_grad_()
     w = torch.randn(c, device="cuda", requires_grad=True)
     mmattn.group_norm_act(x, 4, w, channel_dim=2).float().sum().backward()
+# seeded dropout, forward and backward (an odd element count: the grid-stride tail)
+x = torch.randn(3, 1001, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+mmattn.dropout(x, 0.3, seed=5).float().sum().backward()
 torch.cuda.synchronize()
 print("sanitize workload done")
 EOF
