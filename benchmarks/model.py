@@ -6,7 +6,7 @@
 
 Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
 bfloat16); on CUDA batch 4 with `fused:fp16,fused:fp16:keep,fused:bf16,reference:bf16` (`:keep`: without
-the blocks' recomputation, which is on by default on accelerators). For each variant: forward
+the blocks' recomputation, which is on by default). For each variant: forward
 (inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
 scratch) time, as the median of runs interleaved across variants so that machine noise hits
 all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
@@ -129,7 +129,7 @@ def build_variants(config: UNetConfig, variants: list[str], device: torch.device
                    published: Path | None = None) -> dict[str, torch.nn.Module]:
     """One model per `impl:precision[:recompute|keep]` variant, all with the weights of the
     first of ours. The optional last field forces the blocks' recomputation on or off
-    (default: on for accelerators, off on CPU; `mmattn.nn.recompute`). `published:fp32|fp16`
+    (default: on; `mmattn.nn.recompute`). `published:fp32|fp16`
     is the published model built from the checkout at `published` (its own random weights)."""
     models: dict[str, torch.nn.Module] = {}
     ours: CoupledUNet | None = None

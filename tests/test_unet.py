@@ -124,7 +124,7 @@ def test_cross_shift_semantics(monkeypatch):
 def test_gradient_checkpointing_gives_the_same_gradients():
     """Dropout on and shifts drawn per layer: recomputation must see the same dropout masks and
     the same shifts (drawn outside the checkpointed regions), with block checkpointing, the
-    blocks' recomputation (on by default on accelerators) and both nested."""
+    blocks' recomputation (on by default) and both nested."""
     grads = []
     for use_checkpoint, recompute in ((False, False), (True, False), (False, True), (True, True)):
         model = randomized(dataclasses.replace(SMALL, use_checkpoint=use_checkpoint)).train()

@@ -4,7 +4,7 @@ All blocks are residual: GroupNorm(32) -> q/k/v projection -> attention -> zero-
 output projection -> `x + out`. q/k/v channels are ordered `(q|k|v, head, head_dim)`, the
 published order, so published 1x1-convolution weights load as they are (flattened).
 
-`recompute` (fused blocks; default None: on accelerators, see `mmattn.nn.recompute`): in
+`recompute` (fused blocks; default None: on, see `mmattn.nn.recompute`): in
 training neither the normalised input of the q/k/v projection nor q/k/v themselves are kept for
 the backward but recomputed there, one norm pass and one projection (the published blocks
 recompute everything).
@@ -71,7 +71,7 @@ class TokenSelfAttention(nn.Module):
                              f"got shape {tuple(x.shape)}")
         t, c = x.shape[-2:]
         tokens = x.reshape(-1, t, c)
-        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute, x)
+        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute)
         # token-major (contiguous), as the projection reads it: what it saves is then a view of `h`
         h, h_recipe = recomputable(lambda: self.norm(tokens.transpose(1, 2)).transpose(1, 2).contiguous(), enabled)
         with recompute_saved(h_recipe):
@@ -158,7 +158,7 @@ class RSMultiModalAttention(nn.Module):
         if audio.shape[2] < f:
             raise ValueError(f"audio length L ({audio.shape[2]}) must be >= frames F ({f})")
         shift = self.draw_shift(f) if shift is None else int(shift)
-        enabled = self.impl == "fused" and wants_recompute(self.recompute, video)
+        enabled = self.impl == "fused" and wants_recompute(self.recompute)
         # token-major (contiguous), as the projections read them: what they save is then a view
         h_v, h_v_recipe = recomputable(lambda: video_tokens(self.video_norm(video)).contiguous(), enabled)
         h_a, h_a_recipe = recomputable(lambda: self.audio_norm(audio).transpose(1, 2).contiguous(), enabled)

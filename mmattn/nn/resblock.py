@@ -24,7 +24,7 @@ ConvFactory = Callable[[int, int, int], nn.Module]  # (in_channels, out_channels
 class NormActConv(nn.Module):
     """`GroupNormAct (+FiLM) -> Dropout -> conv`; shapes as the conv, FiLM `scale`/`shift` `[B, C]`.
 
-    `recompute` (fused norm only; see `mmattn.nn.recompute`, default None: on accelerators)
+    `recompute` (fused norm only; see `mmattn.nn.recompute`; default None: on)
     trades a little compute for activation memory in training: the conv's input (the normalised,
     dropped-out activations) is not kept but recomputed in the backward, one norm pass with the
     dropout's random state replayed. `x` is kept anyway (the norm's backward needs it).
@@ -38,7 +38,7 @@ class NormActConv(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
-        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute, x)
+        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute)
         h, recipe = recomputable(lambda: self._conv_input(x, scale, shift), enabled,
                                  self.dropout.random_device(x))
         with recompute_saved(recipe):
