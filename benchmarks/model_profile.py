@@ -2,18 +2,23 @@
 
     python -m benchmarks.model_profile [--device cpu|cuda] [--batch N] [--variants fused:fp16,...]
                                        [--preset paper-64] [--rows 30] [--published PATH]
+                                       [--count-ops]
 
 Variants are those of `benchmarks.model` (`impl:precision[:recompute|keep]`, `published:fp16`).
 For each, one warm-up step, then one profiled step; prints the operators sorted by their own
 time on the device (CUDA kernels on GPU, CPU time on CPU), with their share of the step.
+`--count-ops` instead counts the operators the step dispatches, per phase: the host's work per
+step, which bounds a GPU step at small batches and can be counted without a GPU.
 """
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.common import device_name, sync
 from benchmarks.model import build_variants, make_inputs, step_functions
@@ -33,6 +38,32 @@ def profile_step(step, device: torch.device, rows: int) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts each dispatched operator by (phase, name); the backward runs inside autograd nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        phase = "backward" if torch._C._current_autograd_node() is not None else "forward"
+        self.counts[phase, str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(step, rows: int) -> str:
+    """The operators one call of `step` dispatches: totals per phase and the most frequent."""
+    step()
+    with _CountOps() as mode:
+        step()
+    totals = Counter()
+    for (phase, _), n in mode.counts.items():
+        totals[phase] += n
+    lines = [f"{sum(totals.values())} ops: " + ", ".join(f"{p} {n}" for p, n in sorted(totals.items()))]
+    lines += [f"{n:6d}  {phase:8s}  {name}" for (phase, name), n in mode.counts.most_common(rows)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.model_profile", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -41,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="paper-64")
     parser.add_argument("--rows", type=int, default=30, help="operators shown per variant")
     parser.add_argument("--published", type=Path, help="a checkout of researchmm/MM-Diffusion")
+    parser.add_argument("--count-ops", action="store_true", help="count dispatched operators instead of profiling")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batch = args.batch or (4 if device.type == "cuda" else 1)
@@ -51,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant, model in models.items():
         step = step_functions(model, video, audio, timesteps)["forward+backward"]
         print(f"\n## {variant}: {args.preset} forward+backward, batch {batch}, {device_name(device)}\n")
-        print(profile_step(step, device, args.rows))
+        print(count_ops(step, args.rows) if args.count_ops else profile_step(step, device, args.rows))
     return 0
 
 

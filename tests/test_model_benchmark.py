@@ -76,3 +76,19 @@ def test_model_benchmark_runs_and_compares(fake_published, tmp_path):
         assert isinstance(r["page_faults"], int) and r["page_faults"] >= 0
         if r["variant"] == "published:fp32":
             assert r["published_over_ours"] == 1.0 and r["memory_over_published"] == 1.0
+
+
+def test_count_ops_counts_each_phase():
+    """The host-work count of a tiny training step: both phases, the fused ops among them, and
+    recomputation visible as extra forward ops inside the backward."""
+    from benchmarks.model_profile import count_ops
+    cfg = UNetConfig.preset("tiny")
+    models = model_bench.build_variants(cfg, ["fused:fp32:keep", "fused:fp32:recompute"], torch.device("cpu"))
+    inputs = model_bench.make_inputs(cfg, 1, torch.device("cpu"))
+    reports = {v: count_ops(model_bench.step_functions(m, *inputs)["forward+backward"], rows=200)
+               for v, m in models.items()}
+    keep, recompute = reports["fused:fp32:keep"], reports["fused:fp32:recompute"]
+    assert int(keep.split()[0]) > 0 and "backward" in keep.splitlines()[0]
+    assert "forward   mmattn.group_norm_act_fwd" in keep
+    assert "backward  mmattn.group_norm_act_fwd" not in keep       # kept: no norm in the backward
+    assert "backward  mmattn.group_norm_act_fwd" in recompute      # recomputed there
