@@ -31,4 +31,17 @@ MMATTN_HOST_DEVICE bool dropout_keeps(uint64_t seed, uint32_t threshold, uint64_
   return dropout_bits(seed, i) >= threshold;
 }
 
+// The factor 1 / (1 - p) kept elements are scaled by, in the accumulation type.
+template <typename acc_t>
+inline acc_t dropout_scale(double p) {
+  return acc_t(1) / acc_t(1.0 - p);
+}
+
+// Output element i: x scaled in acc_t if kept, else zero. One expression for both kernels, so
+// that they agree bitwise, not only on which elements they drop.
+template <typename T, typename acc_t>
+MMATTN_HOST_DEVICE T dropout_element(T x, uint64_t seed, uint32_t threshold, acc_t scale, uint64_t i) {
+  return static_cast<T>(static_cast<acc_t>(x) * (dropout_keeps(seed, threshold, i) ? scale : acc_t(0)));
+}
+
 }  // namespace mmattn

@@ -145,6 +145,12 @@ def _group_norm_act_bwd_fake(grad_y, x, mean, rstd, num_groups, weight, bias, sc
             x.new_empty((b, c), dtype=_grad_dtype(shift, x)))
 
 
+def takes_param_dtype(param: torch.dtype, x: torch.dtype) -> bool:
+    """Whether `group_norm_act` takes parameters and FiLM inputs of dtype `param` next to `x` of
+    dtype `x`: x's own, or float32 for bfloat16/float16 x."""
+    return param == x or (param == torch.float32 and x in (torch.bfloat16, torch.float16))
+
+
 def _check_param(name: str, t, shape: tuple[int, ...], layout: str, x: torch.Tensor) -> None:
     if t is None:
         return
@@ -154,7 +160,7 @@ def _check_param(name: str, t, shape: tuple[int, ...], layout: str, x: torch.Ten
         raise ValueError(f"{name} must have shape {layout} = {shape}, got {tuple(t.shape)}")
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if t.dtype != x.dtype and not (t.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)):
+    if not takes_param_dtype(t.dtype, x.dtype):
         raise TypeError(f"{name} has dtype {t.dtype}; expected x's dtype {x.dtype} "
                         "(or float32 for bfloat16/float16 x)")
 

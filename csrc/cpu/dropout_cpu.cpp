@@ -18,8 +18,7 @@ template <typename T, typename acc_t>
 MMATTN_INLINE void dropout_impl(const T* x, T* y, int64_t begin, int64_t end, uint64_t seed,
                                 uint32_t threshold, acc_t scale) {
   for (int64_t i = begin; i < end; ++i) {
-    const acc_t keep = dropout_keeps(seed, threshold, static_cast<uint64_t>(i)) ? scale : acc_t(0);
-    y[i] = static_cast<T>(static_cast<acc_t>(x[i]) * keep);
+    y[i] = dropout_element(x[i], seed, threshold, scale, static_cast<uint64_t>(i));
   }
 }
 MMATTN_CPU_CLONES void dropout_range(const float* x, float* y, int64_t begin, int64_t end,
@@ -44,7 +43,7 @@ at::Tensor dropout_cpu(const at::Tensor& x_in, double p, int64_t seed) {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const acc_t scale = acc_t(1) / acc_t(1.0 - p);
+    const acc_t scale = dropout_scale<acc_t>(p);
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
       dropout_range(xp, yp, begin, end, s, threshold, scale);
     });

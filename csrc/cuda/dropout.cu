@@ -18,15 +18,14 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// y[i] = x[i] * (keeps(i) ? scale : 0) over the memory of dense x and y, grid-stride.
+// y[i] = dropout_element(x[i], ...) over the memory of dense x and y, grid-stride.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) dropout_kernel(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t n, uint64_t seed,
     uint32_t threshold, acc_t scale) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    const acc_t keep = dropout_keeps(seed, threshold, static_cast<uint64_t>(i)) ? scale : acc_t(0);
-    y[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * keep);
+    y[i] = dropout_element(x[i], seed, threshold, scale, static_cast<uint64_t>(i));
   }
 }
 
@@ -50,7 +49,7 @@ at::Tensor dropout_cuda(const at::Tensor& x_in, double p, int64_t seed) {
     using acc_t = acc_type<scalar_t>;
     dropout_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), n, static_cast<uint64_t>(seed),
-        dropout_threshold(p), static_cast<acc_t>(acc_t(1) / acc_t(1.0 - p)));
+        dropout_threshold(p), dropout_scale<acc_t>(p));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;

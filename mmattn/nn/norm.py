@@ -4,17 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from mmattn.functional import takes_param_dtype
 from mmattn.nn._ops import check_impl, group_norm_act
 
 ACTIVATIONS: tuple[str | None, ...] = ("silu", None)
-
-
-def _in_kernel_dtype(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """`t` as the fused op takes it next to an input of `dtype`: float32 as it is for a
-    bfloat16/float16 input, else in `dtype`."""
-    if t is None or t.dtype == dtype or (t.dtype == torch.float32 and dtype in (torch.bfloat16, torch.float16)):
-        return t
-    return t.to(dtype)
 
 
 class GroupNormAct(nn.Module):
@@ -56,7 +49,8 @@ class GroupNormAct(nn.Module):
             if value is not None and value.shape != (x.shape[0], self.num_channels):
                 raise ValueError(f"{name} must be [B, C] = [{x.shape[0]}, {self.num_channels}], "
                                  f"got shape {tuple(value.shape)}")
-        cast = lambda t: _in_kernel_dtype(t, x.dtype)  # noqa: E731
+        # as the fused op takes them next to x (float32 stays float32 for bfloat16/float16 x)
+        cast = lambda t: t if t is None or takes_param_dtype(t.dtype, x.dtype) else t.to(x.dtype)  # noqa: E731
         return group_norm_act(x, self.num_groups, cast(self.weight), cast(self.bias),
                               scale=cast(scale), shift=cast(shift), act=self.act, eps=self.eps,
                               channel_dim=c, impl=self.impl)

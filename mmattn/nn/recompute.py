@@ -1,7 +1,7 @@
 """Activation recomputation for the blocks: the normalised activations a block feeds to its
 products are not kept for the backward but recomputed there (one norm pass, dropout replayed
 from the saved random state), and so are the attention blocks' q/k/v (one projection of the
-recomputed activations: `Recipe.then`).
+recomputed activations: `then`).
 
 A block decides per call with `wants_recompute(flag)`: `flag=None` (the blocks' default)
 recomputes, on every device. On accelerators activation memory bounds the batch and the
@@ -77,11 +77,6 @@ class Recipe:
         value = self.recompute()
         return value.as_strided(size, stride, value.storage_offset() + offset)
 
-    def then(self, value: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> Recipe:
-        """The recipe of `value`, which `fn` made from this recipe's value just now: recomputed
-        as `fn` of the recomputed value (one recomputation of this value serves both)."""
-        return Recipe(value, lambda: fn(self.recompute()))
-
 
 def _rng_state(device: torch.device) -> torch.Tensor:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
@@ -113,8 +108,10 @@ def recomputable(fn: Callable[[], torch.Tensor], enabled: bool,
 
 def then(recipe: Recipe | None, value: torch.Tensor,
          fn: Callable[[torch.Tensor], torch.Tensor]) -> Recipe | None:
-    """`recipe.then(value, fn)`, or None without a recipe (recomputation off)."""
-    return None if recipe is None else recipe.then(value, fn)
+    """The recipe of `value`, which `fn` made from `recipe`'s value just now: recomputed as `fn`
+    of the recomputed value (one recomputation of that value serves both); None without a
+    recipe (recomputation off)."""
+    return None if recipe is None else Recipe(value, lambda: fn(recipe.recompute()))
 
 
 @contextlib.contextmanager
