@@ -24,6 +24,8 @@ TORCH_LIBRARY(mmattn, m) {
         "Tensor? weight, Tensor? bias, Tensor? scale, Tensor? shift, bool silu, int channel_dim) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("dropout(Tensor x, float p, int seed) -> Tensor");
+  m.def("conv3x3_same(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("conv3x3_same_weight_grad(Tensor grad_y, Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
@@ -32,6 +34,8 @@ TORCH_LIBRARY_IMPL(mmattn, CPU, m) {
   m.impl("group_norm_act_fwd", &group_norm_act_fwd_cpu);
   m.impl("group_norm_act_bwd", &group_norm_act_bwd_cpu);
   m.impl("dropout", &dropout_cpu);
+  m.impl("conv3x3_same", &conv3x3_same_cpu);
+  m.impl("conv3x3_same_weight_grad", &conv3x3_same_weight_grad_cpu);
 }
 
 #ifdef MMATTN_WITH_CUDA

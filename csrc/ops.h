@@ -52,6 +52,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_bwd_cpu(
 // on grad_y, and the CPU and CUDA kernels drop the same elements.
 Tensor dropout_cpu(const Tensor& x, double p, int64_t seed);
 
+// 'Same' 3x3 convolution, stride 1, zero padding 1 (CPU only, float32/float64; Winograd
+// F(4x4, 3x3), cpu/conv3x3_cpu.cpp): x [N, C, H, W], weight [O, C, 3, 3], bias [O] ->
+// y [N, O, H, W] channels-last. The weight gradient [O, C, 3, 3] of the same convolution.
+Tensor conv3x3_same_cpu(const Tensor& x, const Tensor& weight, const OptTensor& bias);
+Tensor conv3x3_same_weight_grad_cpu(const Tensor& grad_y, const Tensor& x);
+
 #ifdef MMATTN_WITH_CUDA
 std::tuple<Tensor, Tensor> segment_attention_fwd_cuda(
     const Tensor& q, const Tensor& k, const Tensor& v, int64_t segments, int64_t window,

@@ -187,7 +187,7 @@ class CoupledUNet(nn.Module):
                                           cfg.cross_attention_shift, impl=impl)]
 
         ch = mc * cfg.channel_mult[0]
-        self.video_in = VideoConv(video_channels, ch, 3, kind="2d+1d")
+        self.video_in = VideoConv(video_channels, ch, 3, kind="2d+1d", impl=impl)
         self.audio_in = AudioConv(audio_channels, ch, 3)
 
         k = 1
@@ -221,7 +221,7 @@ class CoupledUNet(nn.Module):
                 self.decoder.append(CoupledSequential(*block))
 
         self.video_out = NormActConv(GroupNormAct(32, ch, channel_dim=2, impl=impl),
-                                     zero_module(VideoConv(ch, video_channels, 3, kind="3d")))
+                                     zero_module(VideoConv(ch, video_channels, 3, kind="3d", impl=impl)))
         self.audio_out = NormActConv(GroupNormAct(32, ch, impl=impl),
                                      zero_module(AudioConv(ch, audio_channels, 3)))
 

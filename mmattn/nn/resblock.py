@@ -115,7 +115,7 @@ class VideoResBlock(_ResBlock):
         super().__init__(channels, emb_channels, out_channels, dropout=dropout,
                          use_scale_shift_norm=use_scale_shift_norm, resample=resample,
                          modality="video", impl=impl,
-                         conv=lambda i, o, k: VideoConv(i, o, k, kind if k > 1 else "3d"))
+                         conv=lambda i, o, k: VideoConv(i, o, k, kind if k > 1 else "3d", impl=impl))
 
 
 class AudioResBlock(_ResBlock):
