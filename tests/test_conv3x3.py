@@ -98,12 +98,12 @@ def test_bad_inputs_name_the_argument(call, exc, match):
 
 @pytest.mark.parametrize("impl, winograd", [("fused", True), ("reference", False)])
 def test_video_conv_uses_it_on_cpu(monkeypatch, impl, winograd):
-    """`VideoConv`'s spatial step runs `conv3x3` for enough tiles (impl="fused" only) and computes
+    """`VideoConv`'s spatial step runs `conv3x3` where it pays (impl="fused" only) and computes
     the same function either way: float64 values and gradients against `F.conv2d` in the
     module itself."""
     calls = []
     monkeypatch.setattr(conv_module, "conv3x3", lambda *a: calls.append(1) or conv3x3(*a))
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv_module, "winograd_pays", lambda x, conv: True)
     torch.manual_seed(0)
     module = VideoConv(4, 6, 3, impl=impl).double()
     x = frames_last(torch.randn(2, 3, 4, 8, 8, dtype=torch.float64)).requires_grad_()
@@ -114,7 +114,7 @@ def test_video_conv_uses_it_on_cpu(monkeypatch, impl, winograd):
     x_ref = x.detach().clone().requires_grad_()
     for p in module.parameters():
         p.grad = None
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_TILES", 1 << 60)
+    monkeypatch.setattr(conv_module, "winograd_pays", lambda x, conv: False)
     y_ref = module(x_ref)
     y_ref.backward(torch.ones_like(y_ref))
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
@@ -122,13 +122,27 @@ def test_video_conv_uses_it_on_cpu(monkeypatch, impl, winograd):
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("frames, channels, size, pays", [
+    (16, (128, 128), 64, True), (16, (256, 256), 32, True), (16, (384, 384), 16, True),  # paper-64
+    (16, (512, 512), 8, False),   # few tiles for its [36, C, O] filter transform
+    (16, (3, 128), 64, False),    # the input convolution
+    (256, (128, 128), 4, False),  # tiles mostly padding (the demo's folded 4x4 frames)
+    (64, (64, 64), 16, False),    # few channels
+    (8, (128, 128), 16, False),   # few tiles
+])
+def test_winograd_pays_where_measured(frames, channels, size, pays):
+    c, o = channels
+    x = torch.empty(frames, c, size, size)
+    assert conv_module.winograd_pays(x, torch.nn.Conv2d(c, o, 3, padding=1)) == pays
+
+
 def test_video_conv_keeps_direct_convolution_where_it_does_not_pay(monkeypatch):
-    """Few tiles, bf16 autocast and non-3x3 kernels take `F.conv2d`."""
+    """bf16 autocast, non-3x3 kernels and shapes where it does not pay take `F.conv2d`."""
     calls = []
     monkeypatch.setattr(conv_module, "conv3x3", lambda *a: calls.append(1) or conv3x3(*a))
-    x = frames_last(torch.randn(1, 2, 4, 8, 8))  # 2 frames x 4 tiles < WINOGRAD_MIN_TILES
+    x = frames_last(torch.randn(1, 2, 4, 8, 8))
     VideoConv(4, 4, 3)(x)
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv_module, "winograd_pays", lambda x, conv: True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         VideoConv(4, 4, 3)(x)
     VideoConv(4, 4, 5)(x)

@@ -79,22 +79,25 @@ def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return _TemporalConv.apply(cast(x), cast(weight), cast(bias))
 
 
-# Below this many 4x4 output tiles the Winograd convolution's per-call filter transforms
-# ([36, C, O]) cost more than its products save (paper-64: 8x8 frames at 512 channels).
-WINOGRAD_MIN_TILES = 256
+def winograd_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether `mmattn.conv3x3` (Winograd F(4x4, 3x3)) beats oneDNN's direct convolution for `conv`
+    on `x` `[N, C, H, W]` on CPU. Measured on a 2-core AMD EPYC (forward + both gradients):
+    1.4-2.0x for frames of 16-64 pixels with 128-384 channels; slower on small frames, whose tiles
+    are mostly padding (2x2: 2.6x slower, 4x4: 1.1x), with few channels (64: 1.1x slower) and
+    with few tiles per filter (8x8 frames at 512 channels: its [36, C, O] filter transform)."""
+    n, c, h, w = x.shape
+    return (min(h, w) >= 16 and min(c, conv.out_channels) >= 128
+            and n * -(-h // 4) * -(-w // 4) >= 256)
 
 
 def spatial_conv(x: torch.Tensor, conv: nn.Conv2d, impl: str = "fused") -> torch.Tensor:
     """`conv(x)` for a channels-last `[N, C, H, W]`; a 'same' 3x3 `conv` on CPU in float32/float64
-    (autocast off) runs as `mmattn.conv3x3` (Winograd F(4x4, 3x3): 1.4-2x faster than oneDNN's
-    direct convolution, forward and backward, for paper-64's 16-64 pixel frames) when `impl` is
-    "fused" and the frames hold at least `WINOGRAD_MIN_TILES` output tiles."""
-    tiles = x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+    (autocast off) runs as `mmattn.conv3x3` when `impl` is "fused" and `winograd_pays`."""
     if (impl == "fused" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and conv.weight.dtype == x.dtype and autocast_dtype(x) is None
             and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and tiles >= WINOGRAD_MIN_TILES and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling() and winograd_pays(x, conv)):
         return conv3x3(x, conv.weight, conv.bias)
     return conv(x)
 
