@@ -400,11 +400,16 @@ def test_recompute_under_autocast_replaces_the_cast_copy(monkeypatch):
 
 @pytest.mark.parametrize("name", ["TokenSelfAttention", "VideoSelfAttention", "AudioSelfAttention",
                                   "RSMultiModalAttention"])
-def test_attention_recompute(name, monkeypatch):
-    """Attention blocks recompute each normalised input of their q/k/v projections and q/k/v
-    (channels C and 3C) once in the backward: the gradients of keeping them (the RS-MMA shift is
-    drawn once, in the forward)."""
+@pytest.mark.parametrize("projections", [True, False], ids=["accelerator", "cpu"])
+def test_attention_recompute(name, projections, monkeypatch):
+    """Attention blocks recompute each normalised input of their q/k/v projections (channels C)
+    once in the backward, and q/k/v (3C) where `recomputes_projections` (accelerators; forced
+    here on CPU): the gradients of keeping them (the RS-MMA shift is drawn once, in the
+    forward)."""
     recomputed = _spy_on_recomputation(monkeypatch)
+    if projections:
+        monkeypatch.setattr(recompute, "recomputes_projections", lambda device: True)
+    assert recompute.recomputes_projections(torch.device("cpu")) == projections
     make_block, inputs = {
         "TokenSelfAttention": (lambda r: TokenSelfAttention(C, 2, recompute=r), (torch.randn(B, 3, 10, C),)),
         "VideoSelfAttention": (lambda r: VideoSelfAttention(C, 4, recompute=r), (video(),)),
@@ -415,7 +420,7 @@ def test_attention_recompute(name, monkeypatch):
     with_keep, with_recompute = _grads_with_and_without_recompute(
         lambda flag: randomize_(make_block(flag)), inputs)
     norms = {"VideoSelfAttention": 2, "RSMultiModalAttention": 2}.get(name, 1)
-    assert sorted(r.value.shape[-1] for r in recomputed) == [C] * norms + [3 * C] * norms
+    assert sorted(r.value.shape[-1] for r in recomputed) == [C] * norms + [3 * C] * norms * projections
     for a, b in zip(with_keep, with_recompute):
         torch.testing.assert_close(a, b)
 
@@ -424,6 +429,7 @@ def test_attention_recompute_under_autocast_is_exact(monkeypatch):
     """q/k/v are recomputed under the forward's autocast state: the bf16 projection of the
     recomputed bf16 activations, so the gradients are bitwise those of keeping them."""
     recomputed = _spy_on_recomputation(monkeypatch)
+    monkeypatch.setattr(recompute, "recomputes_projections", lambda device: True)  # as on GPUs
     make = lambda flag: randomize_(RSMultiModalAttention(C, 16, window=2, recompute=flag))  # noqa: E731
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with_keep, with_recompute = _grads_with_and_without_recompute(make, [video(), audio()])

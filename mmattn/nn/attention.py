@@ -5,9 +5,9 @@ output projection -> `x + out`. q/k/v channels are ordered `(q|k|v, head, head_d
 published order, so published 1x1-convolution weights load as they are (flattened).
 
 `recompute` (fused blocks; default None: on, see `mmattn.nn.recompute`): in
-training neither the normalised input of the q/k/v projection nor q/k/v themselves are kept for
-the backward but recomputed there, one norm pass and one projection (the published blocks
-recompute everything).
+training the normalised input of the q/k/v projection is not kept for the backward but
+recomputed there (one norm pass), and on accelerators q/k/v themselves too (one projection;
+the published blocks recompute everything).
 """
 from __future__ import annotations
 

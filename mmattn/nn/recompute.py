@@ -1,7 +1,7 @@
 """Activation recomputation for the blocks: the normalised activations a block feeds to its
 products are not kept for the backward but recomputed there (one norm pass, dropout replayed
-from the saved random state), and so are the attention blocks' q/k/v (one projection of the
-recomputed activations: `then`).
+from the saved random state), and on accelerators so are the attention blocks' q/k/v (one
+projection of the recomputed activations: `then`, `recomputes_projections`).
 
 A block decides per call with `wants_recompute(flag)`: `flag=None` (the blocks' default)
 recomputes, on every device. On accelerators activation memory bounds the batch and the
@@ -106,12 +106,22 @@ def recomputable(fn: Callable[[], torch.Tensor], enabled: bool,
     return value, Recipe(value, fn, random_on, rng_state)
 
 
+def recomputes_projections(device: torch.device) -> bool:
+    """Whether values made by a product of a recomputed value (the attention blocks' q/k/v: `then`)
+    are recomputed too on `device`: on accelerators, whose memory bounds the batch; not on CPU,
+    where the projection costs more time than its memory saves (paper-64 fp32 at batch 1, three
+    interleaved pairs: 24.5 s keeping q/k/v vs 26.3 s recomputing them, medians)."""
+    return device.type != "cpu"
+
+
 def then(recipe: Recipe | None, value: torch.Tensor,
          fn: Callable[[torch.Tensor], torch.Tensor]) -> Recipe | None:
     """The recipe of `value`, which `fn` made from `recipe`'s value just now: recomputed as `fn`
     of the recomputed value (one recomputation of that value serves both); None without a
-    recipe (recomputation off)."""
-    return None if recipe is None else Recipe(value, lambda: fn(recipe.recompute()))
+    recipe (recomputation off) or where `recomputes_projections` says no."""
+    if recipe is None or not recomputes_projections(value.device):
+        return None
+    return Recipe(value, lambda: fn(recipe.recompute()))
 
 
 @contextlib.contextmanager
