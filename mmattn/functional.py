@@ -291,12 +291,11 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if weight.shape[1:] != (x.shape[1], 3, 3):
         raise ValueError(f"weight must be [O, C={x.shape[1]}, 3, 3], got shape {tuple(weight.shape)}")
-    tensors = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+    names, tensors = ["x", "weight"], [x, weight]
     if bias is not None:
         _check_tensor("bias", bias, 1, "[O]")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must be [O={weight.shape[0]}], got shape {tuple(bias.shape)}")
-    for name, t in tensors.items():
-        if t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"{name} must be {x.dtype} on {x.device} like x, got {t.dtype} on {t.device}")
+        names.append("bias"), tensors.append(bias)
+    _check_same(names, tensors)
     return _ops.conv3x3_same(x, weight, bias)

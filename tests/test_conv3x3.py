@@ -44,6 +44,20 @@ def test_matches_conv2d_in_float64(n, c, o, h, w, bias, channels_last):
     assert ((y - ref).abs() <= 1e-12 * (mag + 1)).all()
 
 
+def test_several_chunks_in_float64():
+    """600 tiles at 64 + 64 channels in float64 fill the ~16 MiB chunk buffers 1.3 times: a full
+    chunk and a shorter last one, forward and weight gradient."""
+    torch.manual_seed(0)
+    x, weight, b = (torch.randn(6, 64, 40, 40, dtype=torch.float64), torch.randn(64, 64, 3, 3, dtype=torch.float64),
+                    torch.randn(64, dtype=torch.float64))
+    ref, mag = reference_and_magnitude(x, weight, b)
+    assert ((conv3x3(x, weight, b) - ref).abs() <= 1e-12 * (mag + 1)).all()
+    grad = torch.randn(6, 64, 40, 40, dtype=torch.float64)
+    ref_dw = torch.ops.aten.convolution_backward(grad, x, weight, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1,
+                                                 (False, True, False))[1]
+    torch.testing.assert_close(torch.ops.mmattn.conv3x3_same_weight_grad(grad, x), ref_dw, rtol=1e-10, atol=1e-9)
+
+
 @pytest.mark.parametrize("shape", [(2, 64, 32, 16, 16), (1, 256, 24, 8, 12), (3, 5, 7, 13, 6)])
 def test_float32_error_is_bounded(shape):
     n, c, o, h, w = shape
@@ -89,7 +103,10 @@ def test_opcheck():
     (lambda: conv3x3(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 5, 5)), ValueError, r"weight must be \[O, C=3, 3, 3\]"),
     (lambda: conv3x3(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), torch.randn(3)), ValueError, r"bias must be \[O=2\]"),
     (lambda: conv3x3(torch.randn(1, 3, 4, 4).half(), torch.randn(2, 3, 3, 3).half()), TypeError, "float32 or float64"),
-    (lambda: conv3x3(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3).double()), ValueError, "weight must be torch.float32"),
+    (lambda: conv3x3(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3).double()), TypeError,
+     "weight has dtype torch.float64 but x has torch.float32"),
+    (lambda: conv3x3(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), torch.randn(2).double()), TypeError,
+     "bias has dtype torch.float64 but x has torch.float32"),
 ])
 def test_bad_inputs_name_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):

@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "ops.h"
@@ -209,10 +211,25 @@ void transform_grad(const T* g, const TileGrid& grid, int64_t channels, int64_t 
   });
 }
 
-// Tiles per chunk: their transformed tiles (`per_tile` elements each) near kChunkBytes, but at
-// least kMinChunkTiles, the rows of the chunk's matrix products, which re-read U each chunk.
-int64_t chunk_tiles(int64_t tiles, int64_t per_tile, int64_t elem_size) {
-  return std::clamp<int64_t>(std::max(kChunkBytes / (per_tile * elem_size), kMinChunkTiles), 1, tiles);
+// Calls fn(t0, t1, a, b) for consecutive chunks [t0, t1) of `tiles` tiles, with dense buffers
+// a [36, t1 - t0, ca] and b [36, t1 - t0, cb] (like `like`) for the chunk's transformed tiles.
+// A chunk's buffers hold about kChunkBytes, but at least kMinChunkTiles tiles: the rows of the
+// chunk's matrix products, which re-read the [36, C, O] filter each chunk.
+template <typename F>
+void for_each_chunk(int64_t tiles, int64_t ca, int64_t cb, const at::Tensor& like, F&& fn) {
+  if (tiles == 0 || ca + cb == 0) return;
+  const int64_t fit = kChunkBytes / (kPoints * (ca + cb) * like.element_size());
+  const int64_t step = std::clamp<int64_t>(std::max(fit, kMinChunkTiles), 1, tiles);
+  const auto buffers = [&](int64_t rows) {
+    return std::make_pair(at::empty({kPoints, rows, ca}, like.options()),
+                          at::empty({kPoints, rows, cb}, like.options()));
+  };
+  auto [a, b] = buffers(step);
+  for (int64_t t0 = 0; t0 < tiles; t0 += step) {
+    const int64_t t1 = std::min(tiles, t0 + step);
+    if (t1 - t0 != step) std::tie(a, b) = buffers(t1 - t0);  // the shorter last chunk
+    fn(t0, t1, a, b);
+  }
 }
 
 // U[p, c, o] = (G w[o, c] G^T)[p] of weight [O, C, 3, 3] (contiguous): [36, C, O].
@@ -260,20 +277,19 @@ void untransform_filter_grad(const T* du, int64_t C, int64_t O, T* dw) {
   });
 }
 
-void check_conv_args(const char* op, const at::Tensor& x, int64_t channels) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors");
-  TORCH_CHECK(x.dim() == 4, op, ": expected a 4-d [N, C, H, W] input");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": expected float32 or float64");
-  TORCH_CHECK(x.size(1) == channels, op, ": channel counts of input and weight differ");
+void check_input(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 4, op, ": expected ", name, " a 4-d CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
+              ": expected ", name, " float32 or float64");
 }
 
 }  // namespace
 
 Tensor conv3x3_same_cpu(const Tensor& x_in, const Tensor& weight, const OptTensor& bias) {
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
-              "conv3x3_same: expected weight [O, C, 3, 3]");
-  check_conv_args("conv3x3_same", x_in, weight.size(1));
+  check_input("conv3x3_same", "x", x_in);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == x_in.size(1) && weight.size(2) == 3 &&
+                  weight.size(3) == 3,
+              "conv3x3_same: expected weight [O, C, 3, 3] of x's C");
   TORCH_CHECK(weight.scalar_type() == x_in.scalar_type() && weight.device().is_cpu(),
               "conv3x3_same: weight must be a CPU tensor of x's dtype");
   const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
@@ -289,56 +305,36 @@ Tensor conv3x3_same_cpu(const Tensor& x_in, const Tensor& weight, const OptTenso
     b = bias->to(x.scalar_type()).contiguous();
   }
   const TileGrid grid(N, H, W);
-  const int64_t tiles = grid.tiles();
-  const int64_t step = chunk_tiles(tiles, kPoints * (C + O), x.element_size());
-  Tensor v = at::empty({kPoints, step, C}, x.options());
-  Tensor m = at::empty({kPoints, step, O}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_same", [&] {
     transform_filter(w.data_ptr<scalar_t>(), C, O, u.data_ptr<scalar_t>());
-    for (int64_t t0 = 0; t0 < tiles; t0 += step) {
-      const int64_t t1 = std::min(tiles, t0 + step), rows = t1 - t0;
-      // the last chunk may be shorter: its own buffers, dense as the transforms write them
-      const Tensor vc = rows == step ? v : at::empty({kPoints, rows, C}, x.options());
-      Tensor mc = rows == step ? m : at::empty({kPoints, rows, O}, x.options());
-      transform_input(x.data_ptr<scalar_t>(), grid, C, t0, t1, vc.data_ptr<scalar_t>());
-      at::bmm_out(mc, vc, u);
-      transform_output(mc.data_ptr<scalar_t>(), grid, O, b.defined() ? b.data_ptr<scalar_t>() : nullptr,
-                       t0, t1, y.data_ptr<scalar_t>());
-    }
+    const scalar_t* bias_data = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    for_each_chunk(grid.tiles(), C, O, x, [&](int64_t t0, int64_t t1, Tensor& v, Tensor& m) {
+      transform_input(x.data_ptr<scalar_t>(), grid, C, t0, t1, v.data_ptr<scalar_t>());
+      at::bmm_out(m, v, u);
+      transform_output(m.data_ptr<scalar_t>(), grid, O, bias_data, t0, t1, y.data_ptr<scalar_t>());
+    });
   });
   return y;
 }
 
 Tensor conv3x3_same_weight_grad_cpu(const Tensor& grad_y_in, const Tensor& x_in) {
-  check_conv_args("conv3x3_same_weight_grad", x_in, x_in.size(1));
-  TORCH_CHECK(grad_y_in.dim() == 4 && grad_y_in.size(0) == x_in.size(0) &&
-                  grad_y_in.size(2) == x_in.size(2) && grad_y_in.size(3) == x_in.size(3),
-              "conv3x3_same_weight_grad: grad_y must be [N, O, H, W] of x's N, H, W");
-  TORCH_CHECK(grad_y_in.scalar_type() == x_in.scalar_type() && grad_y_in.device().is_cpu(),
-              "conv3x3_same_weight_grad: grad_y must be a CPU tensor of x's dtype");
+  check_input("conv3x3_same_weight_grad", "x", x_in);
+  check_input("conv3x3_same_weight_grad", "grad_y", grad_y_in);
+  TORCH_CHECK(grad_y_in.size(0) == x_in.size(0) && grad_y_in.size(2) == x_in.size(2) &&
+                  grad_y_in.size(3) == x_in.size(3) && grad_y_in.scalar_type() == x_in.scalar_type(),
+              "conv3x3_same_weight_grad: grad_y must be [N, O, H, W] of x's N, H, W and dtype");
   const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const Tensor gy = grad_y_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = gy.size(1);
   Tensor du = at::zeros({kPoints, C, O}, x.options());
-  const TileGrid grid(N, H, W);
-  const int64_t tiles = grid.tiles();
-  if (tiles > 0 && C > 0 && O > 0) {
-    const int64_t step = chunk_tiles(tiles, kPoints * (C + O), x.element_size());
-    Tensor v = at::empty({kPoints, step, C}, x.options());
-    Tensor d = at::empty({kPoints, step, O}, x.options());
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_same_weight_grad", [&] {
-      for (int64_t t0 = 0; t0 < tiles; t0 += step) {
-        const int64_t t1 = std::min(tiles, t0 + step), rows = t1 - t0;
-        const Tensor vc = rows == step ? v : at::empty({kPoints, rows, C}, x.options());
-        const Tensor dc = rows == step ? d : at::empty({kPoints, rows, O}, x.options());
-        transform_input(x.data_ptr<scalar_t>(), grid, C, t0, t1, vc.data_ptr<scalar_t>());
-        transform_grad(gy.data_ptr<scalar_t>(), grid, O, t0, t1, dc.data_ptr<scalar_t>());
-        du.baddbmm_(vc.transpose(1, 2), dc);  // [36, C, O] += V^T D
-      }
-    });
-  }
   Tensor dw = at::empty({O, C, 3, 3}, x.options());
+  const TileGrid grid(N, H, W);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_same_weight_grad", [&] {
+    for_each_chunk(grid.tiles(), C, O, x, [&](int64_t t0, int64_t t1, Tensor& v, Tensor& d) {
+      transform_input(x.data_ptr<scalar_t>(), grid, C, t0, t1, v.data_ptr<scalar_t>());
+      transform_grad(gy.data_ptr<scalar_t>(), grid, O, t0, t1, d.data_ptr<scalar_t>());
+      du.baddbmm_(v.transpose(1, 2), d);  // [36, C, O] += V^T D
+    });
     untransform_filter_grad(du.data_ptr<scalar_t>(), C, O, dw.data_ptr<scalar_t>());
   });
   return dw;
