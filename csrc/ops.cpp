@@ -60,6 +60,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("cuda_max_head_dim") = mmattn::kCudaMaxHeadDim;
   m.attr("cuda_max_batch_heads") = mmattn::kCudaMaxBatchHeads;
+  // The CPU block cache (cpu/block_cache.h), wrapped by mmattn/cpu_cache.py.
+  m.def("cpu_cache_stats", [] {
+    const mmattn::CpuCacheStats s = mmattn::cpu_cache_stats();
+    return std::make_tuple(s.cached_bytes, s.limit_bytes, s.hits, s.misses);
+  }, "(cached_bytes, limit_bytes, hits, misses)");
+  m.def("set_cpu_cache_limit", &mmattn::set_cpu_cache_limit, "keep at most this many bytes of free blocks");
+  m.def("empty_cpu_cache", &mmattn::empty_cpu_cache, "free every cached block");
   m.def("segment_begin", &mmattn::segment_begin, "floor(j * n / segments)");
   m.def("segment_of", &mmattn::segment_of, "segment of token t");
   m.def("window_key_ranges", [](int64_t i, int64_t n_key, int64_t segments, int64_t window,

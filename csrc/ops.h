@@ -6,7 +6,10 @@
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Optional.h>
 
+#include <array>
 #include <tuple>
+
+#include "cpu/block_cache.h"
 
 namespace mmattn {
 
@@ -28,11 +31,13 @@ std::tuple<Tensor, Tensor, Tensor> segment_attention_bwd_cpu(
 // The layout of segment attention's outputs and gradients, of t's shape [B, H, N, D]: t's
 // strides when t is dense (as empty_like keeps them), else token-major ([B, N, H, D] memory).
 // Heads split off a q/k/v projection `[B, N, 3*H*D]` are not dense: their outputs and
-// gradients then merge back into `[B, N, H*D]` channels as views, with no copy.
+// gradients then merge back into `[B, N, H*D]` channels as views, with no copy. CPU memory
+// comes from the block cache (cpu/block_cache.h).
 inline Tensor empty_rows_like(const Tensor& t) {
-  Tensor same = at::empty_like(t);
-  if (same.strides() == t.strides()) return same;
-  return at::empty({t.size(0), t.size(2), t.size(1), t.size(3)}, t.options()).transpose(1, 2);
+  const bool cpu = t.is_cpu();
+  if (t.is_non_overlapping_and_dense()) return cpu ? empty_like_cached(t) : at::empty_like(t);
+  const std::array<int64_t, 4> token_major{t.size(0), t.size(2), t.size(1), t.size(3)};
+  return (cpu ? empty_cached(token_major, t.options()) : at::empty(token_major, t.options())).transpose(1, 2);
 }
 
 // GroupNorm + affine + FiLM + SiLU over x = [B, C, *S] (channel_dim 1) or [B, F, C, *S]

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "block_cache.h"
 #include "ops.h"
 
 namespace mmattn {
@@ -221,8 +222,8 @@ void for_each_chunk(int64_t tiles, int64_t ca, int64_t cb, const at::Tensor& lik
   const int64_t fit = kChunkBytes / (kPoints * (ca + cb) * like.element_size());
   const int64_t step = std::clamp<int64_t>(std::max(fit, kMinChunkTiles), 1, tiles);
   const auto buffers = [&](int64_t rows) {
-    return std::make_pair(at::empty({kPoints, rows, ca}, like.options()),
-                          at::empty({kPoints, rows, cb}, like.options()));
+    return std::make_pair(empty_cached({kPoints, rows, ca}, like.options()),
+                          empty_cached({kPoints, rows, cb}, like.options()));
   };
   auto [a, b] = buffers(step);
   for (int64_t t0 = 0; t0 < tiles; t0 += step) {
@@ -294,10 +295,10 @@ Tensor conv3x3_same_cpu(const Tensor& x_in, const Tensor& weight, const OptTenso
               "conv3x3_same: weight must be a CPU tensor of x's dtype");
   const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = weight.size(0);
-  Tensor y = at::empty({N, O, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor y = empty_cached({N, O, H, W}, x.options(), at::MemoryFormat::ChannelsLast);
   if (y.numel() == 0) return y;
   const Tensor w = weight.contiguous();
-  Tensor u = at::empty({kPoints, C, O}, x.options());
+  Tensor u = empty_cached({kPoints, C, O}, x.options());
   Tensor b;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == O && bias->device().is_cpu(),
@@ -326,7 +327,7 @@ Tensor conv3x3_same_weight_grad_cpu(const Tensor& grad_y_in, const Tensor& x_in)
   const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const Tensor gy = grad_y_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = gy.size(1);
-  Tensor du = at::zeros({kPoints, C, O}, x.options());
+  Tensor du = empty_cached({kPoints, C, O}, x.options()).zero_();
   Tensor dw = at::empty({O, C, 3, 3}, x.options());
   const TileGrid grid(N, H, W);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_same_weight_grad", [&] {

@@ -19,6 +19,7 @@
 
 #include <vector>
 
+#include "block_cache.h"
 #include "norm_layout.h"
 #include "ops.h"
 #include "vec_math.h"
@@ -579,8 +580,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_fwd_cpu(
     const OptTensor& scale, const OptTensor& shift, bool silu, double eps, int64_t channel_dim) {
   check_args(x_in, G, channel_dim);
   const at::Tensor x = flattenable(x_in, channel_dim);
-  at::Tensor y_result = at::empty_like(x_in);  // the strides the fake kernel promises
-  at::Tensor y = x.is_same(x_in) ? y_result : at::empty_like(x);  // x's strides
+  at::Tensor y_result = empty_like_cached(x_in);  // the strides the fake kernel promises
+  at::Tensor y = x.is_same(x_in) ? y_result : empty_like_cached(x);  // x's strides
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor mean = at::empty({x.size(0), G}, x.options().dtype(acc));
   at::Tensor rstd = at::empty({x.size(0), G}, x.options().dtype(acc));
@@ -607,13 +608,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
   at::Tensor dy = flattenable(dy_in, channel_dim);
   const NormLayout l = *layout_of(x, channel_dim);
   if (channels_inner(*layout_of(dy, channel_dim)) != channels_inner(l)) {
-    dy = at::empty_like(x).copy_(dy);  // rows must run the same way in x and grad_y
+    dy = empty_like_cached(x).copy_(dy);  // rows must run the same way in x and grad_y
   }
   const NormLayout ld = *layout_of(dy, channel_dim);
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t B = x.size(0), C = x.size(channel_dim);
-  at::Tensor dx_result = at::empty_like(x_in);  // the strides the fake kernel promises
-  at::Tensor dx = x.is_same(x_in) ? dx_result : at::empty_like(x);  // x's strides
+  at::Tensor dx_result = empty_like_cached(x_in);  // the strides the fake kernel promises
+  at::Tensor dx = x.is_same(x_in) ? dx_result : empty_like_cached(x);  // x's strides
   at::Tensor s1 = at::zeros({B, C}, x.options().dtype(acc));
   at::Tensor s2 = at::zeros({B, C}, x.options().dtype(acc));
   if (x.numel() > 0) {

@@ -341,7 +341,7 @@ struct Output {
   at::Tensor result, work;
   explicit Output(const at::Tensor& like)
       : result(empty_rows_like(like)),
-        work(result.stride(-1) == 1 ? result : at::empty_like(like, at::MemoryFormat::Contiguous)) {}
+        work(result.stride(-1) == 1 ? result : empty_cached(like.sizes(), like.options())) {}
   at::Tensor finish() {
     if (!work.is_same(result)) result.copy_(work);
     return result;
