@@ -113,3 +113,15 @@ def test_mmattn_imports_before_torch():
     code = "import mmattn; print(mmattn.cpu_cache_stats().limit_bytes)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == 2 << 30
+
+
+def test_profiler_sees_cached_blocks():
+    """Blocks handed out from the cache are reported like torch's CPU allocations."""
+    x = torch.randn(MIB)  # 4 MiB
+    del_me = mmattn.dropout(x, 0.1, seed=1)
+    del del_me  # the profiled call reuses this block
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        y = mmattn.dropout(x, 0.1, seed=1)
+    assert mmattn.cpu_cache_stats().hits >= 1
+    (event,) = [e for e in prof.key_averages() if e.key == "mmattn::dropout"]
+    assert event.self_cpu_memory_usage == y.numel() * y.element_size()

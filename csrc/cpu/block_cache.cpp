@@ -22,6 +22,7 @@ class BlockCache final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       in_use_.emplace(p, n);
     }
+    c10::profiledCPUMemoryReporter().New(p, n);  // as torch's CPU allocator: the profiler sees it
     return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -69,6 +70,7 @@ class BlockCache final : public c10::Allocator {
   }
 
   static void release(void* p) {
+    c10::profiledCPUMemoryReporter().Delete(p);
     BlockCache& cache = get();
     std::unique_lock<std::mutex> lock(cache.mutex_);
     auto it = cache.in_use_.find(p);  // always there: this deleter is only given to blocks in it
