@@ -115,6 +115,7 @@ def test_mmattn_imports_before_torch():
     assert int(out.stdout) == 2 << 30
 
 
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")  # torch's own notice
 def test_profiler_sees_cached_blocks():
     """Blocks handed out from the cache are reported like torch's CPU allocations."""
     x = torch.randn(MIB)  # 4 MiB
