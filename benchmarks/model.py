@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import mmattn
 from benchmarks.common import (device_name, fix_mmap_threshold, format_table, rss_peak, start_rss_peak,
                                sync, write_json)
 from benchmarks.published import published_model
-import mmattn
 from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import CoupledUNet, UNetConfig
 

@@ -9,14 +9,13 @@
 //
 // Tensors are channels-last ([N, H, W, C] memory): a tile's rows of channels are contiguous,
 // so every transform is a loop over channels. Tiles are processed in chunks whose transformed
-// buffers hold about 16 MiB together (each below glibc's 32 MiB mmap threshold, so reused from
-// the heap without fresh page faults), at least 256 tiles (the matrix products' rows).
+// buffers hold about 16 MiB together, at least 256 tiles (the matrix products' rows); the
+// buffers, the transformed filter and the output come from the block cache (block_cache.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
