@@ -3,10 +3,12 @@
 // Each forward redispatches below autograd to the device kernel (or, under torch.compile's
 // fake tensors, to the fake kernel registered in mmattn/functional.py), saves what the backward
 // operator needs and marks the statistics outputs non-differentiable; each backward is one call
-// of the backward operator. Registered in Python (torch.library.register_autograd) the same
-// logic cost about 200 us of host time per forward+backward on this project's CPU, three times
-// the operators' own dispatch: a GPU training step of the paper-64 U-Net makes ~250 such calls
-// and is bound by its host time.
+// of the backward operator. Gradients are not materialised: autograd would otherwise fill a zero
+// tensor for every statistics output (two per GroupNorm), a kernel launch each on a GPU.
+// Registered in Python (torch.library.register_autograd) the same logic cost about 200 us of
+// host time per forward+backward on this project's CPU, three times the operators' own
+// dispatch: a GPU training step of the paper-64 U-Net makes ~250 such calls and is bound by its
+// host time.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -43,6 +45,7 @@ class SegmentAttention : public torch::autograd::Function<SegmentAttention> {
     ctx->saved_data["shift"] = shift;
     ctx->saved_data["scale"] = scale;
     ctx->mark_non_differentiable({lse});
+    ctx->set_materialize_grads(false);  // lse has no gradient: no zero tensor for it
     return {out, lse};
   }
 
@@ -82,6 +85,7 @@ class GroupNormAct : public torch::autograd::Function<GroupNormAct> {
     ctx->saved_data["silu"] = silu;
     ctx->saved_data["channel_dim"] = channel_dim;
     ctx->mark_non_differentiable({mean, rstd});
+    ctx->set_materialize_grads(false);  // mean and rstd have none: no zero tensors for them
     return {y, mean, rstd};
   }
 

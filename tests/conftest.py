@@ -1,8 +1,10 @@
 import os
+from collections import Counter
 
 import pytest
 import torch
 from hypothesis import settings
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Bounded, deadline-free property tests: CI runs on 2 cores.
 settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True)
@@ -13,6 +15,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def backward_ops():
+    """`backward_ops(loss) -> Counter`: the operators `loss.backward()` dispatches, by name
+    (`"aten.zeros"`, `"mmattn.group_norm_act_bwd"`, ...)."""
+    def count(loss: torch.Tensor) -> Counter[str]:
+        with _CountOps() as mode:
+            loss.backward()
+        return mode.counts
+    return count
 
 
 def pytest_collection_modifyitems(config, items):

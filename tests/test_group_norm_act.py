@@ -124,6 +124,16 @@ def test_gradients_bf16_input_float32_params():
     torch.testing.assert_close(w.grad.double(), wr.grad, atol=0.5, rtol=3e-2)
 
 
+def test_backward_fills_no_zero_gradients(backward_ops):
+    """mean and rstd have no gradient: the backward is one operator call, with no zero tensors
+    made for them (a kernel launch each on a GPU)."""
+    x = torch.randn(2, 8, 16, requires_grad=True)
+    w, bi = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
+    ops = backward_ops(mmattn.group_norm_act(x, 4, w, bi).sum())
+    assert ops["mmattn.group_norm_act_bwd"] == 1
+    assert ops["aten.zeros"] == 0 and ops["aten.zeros_like"] == 0
+
+
 def test_opcheck():
     x = torch.randn(2, 3, 8, 4, requires_grad=True)
     w, bi = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)

@@ -165,6 +165,15 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+def test_backward_fills_no_zero_gradients(backward_ops):
+    """The log-sum-exp outputs have no gradient: no zero tensors are made for them."""
+    inputs = make_inputs(1, 2, 4, 3, 10, 8, torch.float32, requires_grad=True)
+    out = mmattn.rs_attention(*inputs, frames=4, window=2, shift=1)
+    ops = backward_ops(sum(o.sum() for o in out))
+    assert ops["mmattn.segment_attention_bwd"] == 2
+    assert ops["aten.zeros"] == 0 and ops["aten.zeros_like"] == 0
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_opcheck(split):
     """`split`: q, k, v are heads split off one projection (not dense: token-major outputs)."""
