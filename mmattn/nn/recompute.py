@@ -5,9 +5,10 @@ projection of the recomputed activations: `then`, `recomputes_projections`).
 
 A block decides per call with `wants_recompute(flag)`: `flag=None` (the blocks' default)
 recomputes, on every device. On accelerators activation memory bounds the batch and the
-recomputed passes are cheap; on CPU they cost no time, because each activation kept is a fresh
-allocation whose pages fault on first touch (paper-64 at batch 1, fp32, two interleaved runs:
-29.1 vs 35.0 s and 36.4 vs 36.5 s recomputing vs keeping, at about 0.8 of the memory).
+recomputed passes are cheap. On CPU they cost no measurable time (paper-64 at batch 1, fp32,
+two runs of three interleaved pairs, the order swapped between runs: 27.9 vs 25.5 s and 25.8 vs
+28.5 s recomputing vs keeping, the later variant of each pair the faster both times) at 0.86-0.91
+of the memory (5.6 vs 6.2-6.5 GiB).
 
 The mechanism is a pair of saved-tensor hooks (`recompute_saved`) around the value's consumers:
 a tensor autograd saves there that views a recomputable value is stored as its geometry alone.
