@@ -8,8 +8,8 @@ Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = tor
 bfloat16); on CUDA batch 4 with `fused:fp16,fused:fp16:keep,fused:bf16,reference:bf16` (`:keep`: without
 the blocks' recomputation, which is on by default). For each variant: forward
 (inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
-scratch) time, as the median of runs interleaved across variants so that machine noise hits
-all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
+scratch) time, as the median of runs interleaved across variants (in alternating order) so
+that machine noise hits all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
 size over the resident size before the call, after glibc's malloc_trim, in a pass of its own
 after the timing: see `cpu_peaks`; Linux only). On CPU
 the process CPU time is reported too: on a shared machine it tracks the work done far better
@@ -101,13 +101,15 @@ def _peak(device: torch.device, base: int | None) -> int | None:
 def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: int,
             warmup: int = 1, memory: bool = True) -> dict[str, Measurement]:
     """Time and (with `memory`) peak extra memory of each function, runs interleaved across
-    functions so that machine noise hits all alike."""
+    functions so that machine noise hits all alike, in reversed order every other round: the
+    later of two paper-64 CPU steps run back to back was the faster by ~10% in both orders."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     runs: dict[str, list[tuple[float, float, int | None, int]]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
+    for i in range(repeat):
+        for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
+            fn = fns[name]
             sync(device)
             base = _reset_peak(device) if memory else None
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -92,3 +92,12 @@ def test_count_ops_counts_each_phase():
     assert "forward   mmattn.group_norm_act_fwd" in keep
     assert "backward  mmattn.group_norm_act_fwd" not in keep       # kept: no norm in the backward
     assert "backward  mmattn.group_norm_act_fwd" in recompute      # recomputed there
+
+
+def test_measure_alternates_the_order_of_the_runs():
+    """Interleaved runs go forward, then backward: neither function is always the later one."""
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    result = model_bench.measure(fns, torch.device("cpu"), repeat=3, warmup=0, memory=False)
+    assert "".join(calls) == "abccbaabc"
+    assert set(result) == set("abc") and all(r.seconds >= 0 and r.page_faults >= 0 for r in result.values())
