@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 import mmattn
-from benchmarks.common import (device_name, fix_mmap_threshold, format_table, rss_peak, start_rss_peak,
-                               sync, write_json)
+from benchmarks.common import (device_name, fix_mmap_threshold, format_table, interleaved, rss_peak,
+                               start_rss_peak, sync, write_json)
 from benchmarks.published import published_model
 from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import CoupledUNet, UNetConfig
@@ -101,23 +101,20 @@ def _peak(device: torch.device, base: int | None) -> int | None:
 def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeat: int,
             warmup: int = 1, memory: bool = True) -> dict[str, Measurement]:
     """Time and (with `memory`) peak extra memory of each function, runs interleaved across
-    functions so that machine noise hits all alike, in reversed order every other round: the
-    later of two paper-64 CPU steps run back to back was the faster by ~10% in both orders."""
+    functions so that machine noise hits all alike (in alternating order: `interleaved`)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     runs: dict[str, list[tuple[float, float, int | None, int]]] = {name: [] for name in fns}
-    for i in range(repeat):
-        for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
-            fn = fns[name]
-            sync(device)
-            base = _reset_peak(device) if memory else None
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            sync(device)
-            runs[name].append((time.perf_counter() - wall, time.process_time() - cpu, _peak(device, base),
-                               resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    for name in interleaved(list(fns), repeat):
+        sync(device)
+        base = _reset_peak(device) if memory else None
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        wall, cpu = time.perf_counter(), time.process_time()
+        fns[name]()
+        sync(device)
+        runs[name].append((time.perf_counter() - wall, time.process_time() - cpu, _peak(device, base),
+                           resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
     on_cpu = device.type != "cuda"
     return {name: Measurement(statistics.median(r[0] for r in rs),
                               statistics.median(r[1] for r in rs) if on_cpu else None,

@@ -27,14 +27,7 @@ from mmdiffusion.sampling import (DEFAULT_STEPS, SAMPLERS, Condition, SamplingSc
 
 N = 4000  # samples per Monte Carlo test, one batch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (5x slower on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_kl(m1: torch.Tensor, c1: torch.Tensor, m0: torch.Tensor, c0: torch.Tensor) -> float:
