@@ -5,8 +5,9 @@
                                [--published PATH-TO-MM-Diffusion-checkout]
 
 Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
-bfloat16); on CUDA batch 4 with `fused:fp16,fused:fp16:keep,fused:bf16,reference:bf16` (`:keep`: without
-the blocks' recomputation, which is on by default). For each variant: forward
+bfloat16); on CUDA batch 4 with `fused:fp16,fused:fp16:recompute,fused:fp16:keep,fused:bf16,reference:bf16`
+(the blocks' recomputation: by default of values of 8 MiB or more; `:recompute` of all, `:keep` of
+none). For each variant: forward
 (inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
 scratch) time, as the median of runs interleaved across variants (in alternating order) so
 that machine noise hits all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
@@ -130,7 +131,7 @@ def build_variants(config: UNetConfig, variants: list[str], device: torch.device
                    published: Path | None = None) -> dict[str, torch.nn.Module]:
     """One model per `impl:precision[:recompute|keep]` variant, all with the weights of the
     first of ours. The optional last field forces the blocks' recomputation on or off
-    (default: on; `mmattn.nn.recompute`). `published:fp32|fp16`
+    (default: values of 8 MiB or more; `mmattn.nn.recompute`). `published:fp32|fp16`
     is the published model built from the checkout at `published` (its own random weights)."""
     models: dict[str, torch.nn.Module] = {}
     ours: CoupledUNet | None = None
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
-    variants = (args.variants or ("fused:fp16,fused:fp16:keep,fused:bf16,reference:bf16" if cuda else
+    variants = (args.variants or ("fused:fp16,fused:fp16:recompute,fused:fp16:keep,fused:bf16,reference:bf16" if cuda else
                                   "fused:fp32,reference:fp32,fused:bf16")).split(",")
     if args.published and not args.variants:
         variants.insert(0, "published:fp16" if cuda else "published:fp32")

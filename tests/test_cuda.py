@@ -507,9 +507,9 @@ def test_dropout_module_saves_no_mask_on_cuda():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_blocks_recompute_by_default_with_the_same_gradients(dtype):
-    """On CUDA the blocks recompute the normalised (and dropped-out) inputs of their convolutions
-    and q/k/v projections in the backward: the gradients of keeping them."""
+def test_blocks_recompute_with_the_same_gradients(dtype):
+    """On CUDA the recomputing blocks recompute the normalised (and dropped-out) inputs of their
+    convolutions and q/k/v projections in the backward: the gradients of keeping them."""
     from mmattn.nn import CoupledSequential, MMResBlock, RSMultiModalAttention, set_recompute
     torch.manual_seed(0)
     block = CoupledSequential(
@@ -521,7 +521,7 @@ def test_blocks_recompute_by_default_with_the_same_gradients(dtype):
     video, audio, emb = (torch.randn(2, 4, 64, 8, 8, device=DEV), torch.randn(2, 64, 32, device=DEV),
                          torch.randn(2, 32, device=DEV))
     grads = []
-    for flag in (None, False):  # None: the default, recomputing on CUDA
+    for flag in (True, False):  # True: every value (by default only those of 8 MiB or more)
         set_recompute(block, flag)
         block.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same dropout masks and RS-MMA shift

@@ -385,6 +385,21 @@ def test_norm_act_conv_recompute(conv, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("flag,min_bytes,recomputes", [
+    (None, "size", True), (None, "size+1", False), (True, "size+1", True), (False, 0, False)])
+def test_recompute_default_keeps_small_values(flag, min_bytes, recomputes, monkeypatch):
+    """By default (`recompute=None`) a value is recomputed only if it has at least
+    `MIN_RECOMPUTE_BYTES` bytes (a recomputation costs the host as much for a small value);
+    `True` recomputes any value, `False` none."""
+    recomputed = _spy_on_recomputation(monkeypatch)
+    x = video()
+    size = x.nbytes  # the conv's input: norm -> dropout of x, same shape and dtype
+    monkeypatch.setattr(recompute, "MIN_RECOMPUTE_BYTES", {"size": size, "size+1": size + 1, 0: 0}[min_bytes])
+    block = NormActConv(GroupNormAct(8, C, channel_dim=2), VideoConv(C, 16), 0.3, recompute=flag).train()
+    block(x.requires_grad_()).sum().backward()
+    assert len(recomputed) == int(recomputes)
+
+
 def test_recompute_under_autocast_replaces_the_cast_copy(monkeypatch):
     """Under autocast the conv saves a bf16 copy of its float32 input: the recomputed value is
     that copy (else nothing would be saved), and the gradients are those of keeping it."""

@@ -3,7 +3,8 @@
 Video tensors are `[B, F, C, H, W]`, audio `[B, C, L]`, embeddings `[B, E]`. Blocks that use
 the fused operators take `impl="fused"` (default) or `impl="reference"` (pure PyTorch).
 `NormActConv` and the attention blocks recompute the normalised inputs of their convolutions and
-projections in the backward instead of keeping them (`recompute`, default: on; `set_recompute` sets a whole model).
+projections in the backward instead of keeping them (`recompute`: default None, inputs of 8 MiB
+or more; True: all; False: none; `set_recompute` sets a whole model).
 """
 from mmattn.nn._ops import IMPLS, check_impl
 from mmattn.nn.attention import (AudioSelfAttention, RSMultiModalAttention, TokenSelfAttention,

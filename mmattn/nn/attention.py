@@ -4,8 +4,8 @@ All blocks are residual: GroupNorm(32) -> q/k/v projection -> attention -> zero-
 output projection -> `x + out`. q/k/v channels are ordered `(q|k|v, head, head_dim)`, the
 published order, so published 1x1-convolution weights load as they are (flattened).
 
-`recompute` (fused blocks; default None: on, see `mmattn.nn.recompute`): in
-training the normalised input of the q/k/v projection is not kept for the backward but
+`recompute` (fused blocks; default None: inputs of 8 MiB or more, see `mmattn.nn.recompute`):
+in training the normalised input of the q/k/v projection is not kept for the backward but
 recomputed there (one norm pass), and on accelerators q/k/v themselves too (one projection;
 the published blocks recompute everything).
 """
@@ -19,7 +19,7 @@ from mmattn.nn._ops import check_impl, rs_attention
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import check_audio, check_video, tokens_to_video, video_tokens
 from mmattn.nn.norm import GroupNormAct
-from mmattn.nn.recompute import recomputable, recompute_saved, then, wants_recompute
+from mmattn.nn.recompute import recomputable, recompute_min_bytes, recompute_saved, then
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,9 +71,10 @@ class TokenSelfAttention(nn.Module):
                              f"got shape {tuple(x.shape)}")
         t, c = x.shape[-2:]
         tokens = x.reshape(-1, t, c)
-        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute)
+        min_bytes = recompute_min_bytes(self.recompute) if self.norm.impl == "fused" else None
         # token-major (contiguous), as the projection reads it: what it saves is then a view of `h`
-        h, h_recipe = recomputable(lambda: self.norm(tokens.transpose(1, 2)).transpose(1, 2).contiguous(), enabled)
+        h, h_recipe = recomputable(lambda: self.norm(tokens.transpose(1, 2)).transpose(1, 2).contiguous(),
+                                   min_bytes)
         with recompute_saved(h_recipe):
             qkv = self.qkv(h)
         with recompute_saved(then(h_recipe, qkv, self.qkv)):  # what attention saves of q, k, v
@@ -158,10 +159,10 @@ class RSMultiModalAttention(nn.Module):
         if audio.shape[2] < f:
             raise ValueError(f"audio length L ({audio.shape[2]}) must be >= frames F ({f})")
         shift = self.draw_shift(f) if shift is None else int(shift)
-        enabled = self.impl == "fused" and wants_recompute(self.recompute)
+        min_bytes = recompute_min_bytes(self.recompute) if self.impl == "fused" else None
         # token-major (contiguous), as the projections read them: what they save is then a view
-        h_v, h_v_recipe = recomputable(lambda: video_tokens(self.video_norm(video)).contiguous(), enabled)
-        h_a, h_a_recipe = recomputable(lambda: self.audio_norm(audio).transpose(1, 2).contiguous(), enabled)
+        h_v, h_v_recipe = recomputable(lambda: video_tokens(self.video_norm(video)).contiguous(), min_bytes)
+        h_a, h_a_recipe = recomputable(lambda: self.audio_norm(audio).transpose(1, 2).contiguous(), min_bytes)
         with recompute_saved(h_v_recipe, h_a_recipe):
             qkv_v, qkv_a = self.video_qkv(h_v), self.audio_qkv(h_a)
         with recompute_saved(then(h_v_recipe, qkv_v, self.video_qkv), then(h_a_recipe, qkv_a, self.audio_qkv)):

@@ -3,12 +3,15 @@ products are not kept for the backward but recomputed there (one norm pass, drop
 from the saved random state), and on accelerators so are the attention blocks' q/k/v (one
 projection of the recomputed activations: `then`, `recomputes_projections`).
 
-A block decides per call with `wants_recompute(flag)`: `flag=None` (the blocks' default)
-recomputes, on every device. On accelerators activation memory bounds the batch and the
-recomputed passes are cheap. On CPU they cost no measurable time (paper-64 at batch 1, fp32,
-two runs of three interleaved pairs, the order swapped between runs: 27.9 vs 25.5 s and 25.8 vs
-28.5 s recomputing vs keeping, the later variant of each pair the faster both times) at 0.86-0.91
-of the memory (5.6 vs 6.2-6.5 GiB).
+A block decides per call with `recompute_min_bytes(flag)`: `flag=None` (the blocks' default)
+recomputes values of `MIN_RECOMPUTE_BYTES` (8 MiB) or more, on every device; `True` recomputes
+every value, `False` none. A recomputation costs the host about as much for a small value as
+for a large one (a norm pass: a few kernel launches, the bound of a GPU step at batch 4), while
+the memory it saves grows with the value: at paper-64, batch 4, 16-bit, the 85 of 250 values
+under 8 MiB hold 0.3 of the 6.1 GB that recomputing everything saves. On CPU recomputing costs
+no measurable time (paper-64 at batch 1, fp32, everything recomputed vs kept, two runs of three
+interleaved pairs, the order swapped between runs: 27.9 vs 25.5 s and 25.8 vs 28.5 s, the later
+variant of each pair the faster both times) at 0.86-0.91 of the memory (5.6 vs 6.2-6.5 GiB).
 
 The mechanism is a pair of saved-tensor hooks (`recompute_saved`) around the value's consumers:
 a tensor autograd saves there that views a recomputable value is stored as its geometry alone.
@@ -35,10 +38,16 @@ def set_recompute(module: torch.nn.Module, flag: bool | None) -> torch.nn.Module
     return module
 
 
-def wants_recompute(flag: bool | None) -> bool:
-    """Whether a block with recompute setting `flag` recomputes now (only while autograd records,
-    and not under torch.compile)."""
-    return flag is not False and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+MIN_RECOMPUTE_BYTES = 8 << 20  # the default (`flag=None`): smaller values are kept
+
+
+def recompute_min_bytes(flag: bool | None) -> int | None:
+    """The size from which a block with recompute setting `flag` recomputes a value now: 0 for
+    `True`, `MIN_RECOMPUTE_BYTES` for `None`; None (keep everything) for `False`, when autograd
+    does not record, and under torch.compile."""
+    if flag is False or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    return 0 if flag else MIN_RECOMPUTE_BYTES
 
 
 class Recipe:
@@ -90,20 +99,23 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
-def recomputable(fn: Callable[[], torch.Tensor], enabled: bool,
+def recomputable(fn: Callable[[], torch.Tensor], min_bytes: int | None,
                  random_on: torch.device | None = None) -> tuple[torch.Tensor, Recipe | None]:
-    """`fn()` and, if `enabled`, the recipe to recompute it. `random_on`: the device whose random
-    numbers `fn` draws (dropout), so that the recomputation replays this call's random state.
+    """`fn()` and the recipe to recompute it if it has at least `min_bytes` bytes (None: no
+    recipe; `recompute_min_bytes`). `random_on`: the device whose random numbers `fn` draws
+    (dropout), so that the recomputation replays this call's random state.
 
     Under autocast the value is made in autocast's dtype (as its consumers, matrix products,
     would cast it), so that what they save is the value itself rather than a cast copy."""
-    if not enabled:
+    if min_bytes is None:
         return fn(), None
     rng_state = None if random_on is None else _rng_state(random_on)  # before fn draws
     value = fn()
     dtype = autocast_dtype(value)
     if dtype is not None and dtype != value.dtype:
         value, fn = value.to(dtype), (lambda make=fn: make().to(dtype))
+    if value.nbytes < min_bytes:
+        return value, None
     return value, Recipe(value, fn, random_on, rng_state)
 
 

@@ -14,7 +14,7 @@ from mmattn.nn.dropout import Dropout
 from mmattn.nn.init import zero_module
 from mmattn.nn.layout import channel_view, frames_last
 from mmattn.nn.norm import GroupNormAct
-from mmattn.nn.recompute import recomputable, recompute_saved, wants_recompute
+from mmattn.nn.recompute import recomputable, recompute_min_bytes, recompute_saved
 from mmattn.nn.resample import Downsample, Upsample
 
 RESAMPLE: tuple[str | None, ...] = (None, "down", "up")
@@ -24,7 +24,7 @@ ConvFactory = Callable[[int, int, int], nn.Module]  # (in_channels, out_channels
 class NormActConv(nn.Module):
     """`GroupNormAct (+FiLM) -> Dropout -> conv`; shapes as the conv, FiLM `scale`/`shift` `[B, C]`.
 
-    `recompute` (fused norm only; see `mmattn.nn.recompute`; default None: on)
+    `recompute` (fused norm only; see `mmattn.nn.recompute`; default None: inputs of 8 MiB or more)
     trades a little compute for activation memory in training: the conv's input (the normalised,
     dropped-out activations) is not kept but recomputed in the backward, one norm pass with the
     dropout's random state replayed. `x` is kept anyway (the norm's backward needs it).
@@ -38,8 +38,8 @@ class NormActConv(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None) -> torch.Tensor:
-        enabled = self.norm.impl == "fused" and wants_recompute(self.recompute)
-        h, recipe = recomputable(lambda: self._conv_input(x, scale, shift), enabled,
+        min_bytes = recompute_min_bytes(self.recompute) if self.norm.impl == "fused" else None
+        h, recipe = recomputable(lambda: self._conv_input(x, scale, shift), min_bytes,
                                  self.dropout.random_device(x))
         with recompute_saved(recipe):
             return self.conv(h)
