@@ -97,8 +97,10 @@ fi
 MODEL_ARGS=(--device cuda --batch 4 --repeat 3 --out "$OUTDIR/model.json")
 [[ -n ${GPU_CHECK_PUBLISHED:-} ]] && MODEL_ARGS+=(--published "$GPU_CHECK_PUBLISHED")
 log "model benchmark: paper-64, batch 4 (log: model.log)"
-timeout "$(step_timeout 180)" $PY -m benchmarks.model "${MODEL_ARGS[@]}" > "$OUTDIR/model.log" 2>&1
+T0=$SECONDS
+timeout "$(step_timeout 240)" $PY -m benchmarks.model "${MODEL_ARGS[@]}" > "$OUTDIR/model.log" 2>&1
 note model_rc $?
+note model_seconds $((SECONDS - T0))
 tail -8 "$OUTDIR/model.log"
 
 log "profile of one training step (log: profile.txt)"
