@@ -4,19 +4,18 @@
                                [--repeat N] [--threads N] [--preset paper-64] [--out results.json]
                                [--published PATH-TO-MM-Diffusion-checkout]
 
-Defaults: on CPU batch 1 with `fused:fp32,reference:fp32,fused:bf16` (bf16 = torch.autocast
-bfloat16); on CUDA batch 4 with `fused:fp16,fused:fp16:recompute,fused:fp16:keep,fused:bf16,reference:bf16`
-(the blocks' recomputation: by default of values of 8 MiB or more; `:recompute` of all, `:keep` of
-none). For each variant: forward
-(inference: eval mode, no grad) and forward+backward (training mode, MSE loss, gradients from
-scratch) time, as the median of runs interleaved across variants (in alternating order) so
-that machine noise hits all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
+Defaults: batch 1 and `CPU_VARIANTS` on CPU, batch 4 and `CUDA_VARIANTS` on CUDA (bf16, fp16:
+under torch.autocast; the blocks' recomputation: by default of values of 8 MiB or more,
+`:recompute` of all, `:keep` of none). For each variant: forward (inference: eval mode, no
+grad) and forward+backward (training mode, MSE loss, gradients from scratch) time, as the
+median of runs interleaved across variants (in alternating order) so that machine noise hits
+all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
 size over the resident size before the call, after glibc's malloc_trim, in a pass of its own
-after the timing: see `cpu_peaks`; Linux only). On CPU
-the process CPU time is reported too: on a shared machine it tracks the work done far better
-than wall time; and so are the minor page faults per call: every fresh page the allocator maps
-(glibc maps blocks of 32 MiB or more afresh on every call) costs a fault, a visible share of a
-step's time. All variants share one set of random weights.
+after the timing: see `cpu_peaks`; Linux only). On CPU the process CPU time is reported too:
+on a shared machine it tracks the work done far better than wall time; and so are the minor
+page faults per call: every fresh page the allocator maps (glibc maps blocks of 32 MiB or more
+afresh on every call) costs a fault, a visible share of a step's time. All variants share one
+set of random weights.
 """
 from __future__ import annotations
 
@@ -40,6 +39,9 @@ from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import CoupledUNet, UNetConfig
 
 AUTOCAST = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+# default variants; --published without --variants puts the published model first
+CPU_VARIANTS = "fused:fp32,reference:fp32,fused:bf16"
+CUDA_VARIANTS = "fused:fp16,fused:fp16:recompute,fused:fp16:keep,fused:bf16,reference:bf16"
 
 
 def make_inputs(config: UNetConfig, batch: int, device: torch.device, seed: int = 0):
@@ -223,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
-    variants = (args.variants or ("fused:fp16,fused:fp16:recompute,fused:fp16:keep,fused:bf16,reference:bf16" if cuda else
-                                  "fused:fp32,reference:fp32,fused:bf16")).split(",")
+    variants = (args.variants or (CUDA_VARIANTS if cuda else CPU_VARIANTS)).split(",")
     if args.published and not args.variants:
         variants.insert(0, "published:fp16" if cuda else "published:fp32")
     batch = args.batch or (4 if cuda else 1)
