@@ -38,7 +38,7 @@ def profile_step(step, device: torch.device, rows: int) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
 
 
-class _CountOps(TorchDispatchMode):
+class CountOps(TorchDispatchMode):
     """Counts each dispatched operator by (phase, name); the backward runs inside autograd nodes."""
 
     def __init__(self):
@@ -54,7 +54,7 @@ class _CountOps(TorchDispatchMode):
 def count_ops(step, rows: int) -> str:
     """The operators one call of `step` dispatches: totals per phase and the most frequent."""
     step()
-    with _CountOps() as mode:
+    with CountOps() as mode:
         step()
     totals = Counter()
     for (phase, _), n in mode.counts.items():

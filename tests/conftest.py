@@ -4,7 +4,6 @@ from collections import Counter
 import pytest
 import torch
 from hypothesis import settings
-from torch.utils._python_dispatch import TorchDispatchMode
 
 # Bounded, deadline-free property tests: CI runs on 2 cores.
 settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True)
@@ -27,24 +26,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.fixture
 def backward_ops():
     """`backward_ops(loss) -> Counter`: the operators `loss.backward()` dispatches, by name
     (`"aten.zeros"`, `"mmattn.group_norm_act_bwd"`, ...)."""
+    from benchmarks.model_profile import CountOps  # here: most test modules do not need the benchmarks
+
     def count(loss: torch.Tensor) -> Counter[str]:
-        with _CountOps() as mode:
+        with CountOps() as mode:
             loss.backward()
-        return mode.counts
+        ops: Counter[str] = Counter()
+        for (_, name), n in mode.counts.items():
+            ops[name] += n
+        return ops
     return count
 
 
