@@ -4,9 +4,11 @@
                                [--repeat N] [--threads N] [--preset paper-64] [--out results.json]
                                [--published PATH-TO-MM-Diffusion-checkout]
 
-Defaults: batch 1 and `CPU_VARIANTS` on CPU, batch 4 and `CUDA_VARIANTS` on CUDA (bf16, fp16:
-under torch.autocast; the blocks' recomputation: by default of values of 8 MiB or more,
-`:recompute` of all, `:keep` of none). For each variant: forward (inference: eval mode, no
+Defaults: batch 1 and `CPU_VARIANTS` on CPU, batch 4 and `CUDA_VARIANTS` on CUDA. Precisions:
+fp32; bf16, fp16 under torch.autocast (float32 weights, cast in every step); bf16w, fp16w with
+16-bit weights (`mmattn.nn.cast_weights`, as the published fp16 model runs; training adds
+float32 master weights). The blocks' recomputation: by default of values of 8 MiB or more,
+`:recompute` of all, `:keep` of none. For each variant: forward (inference: eval mode, no
 grad) and forward+backward (training mode, MSE loss, gradients from scratch) time, as the
 median of runs interleaved across variants (in alternating order) so that machine noise hits
 all alike, and the peak extra memory of a call (CUDA: allocator peak; CPU: peak resident set
@@ -35,13 +37,15 @@ import mmattn
 from benchmarks.common import (device_name, fix_mmap_threshold, format_table, interleaved, rss_peak,
                                start_rss_peak, sync, write_json)
 from benchmarks.published import published_model
-from mmattn.nn.recompute import set_recompute
+from mmattn.nn import cast_weights, set_recompute
 from mmdiffusion.unet import CoupledUNet, UNetConfig
 
-AUTOCAST = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+# precision -> (autocast dtype name, weight dtype)
+PRECISIONS = {"fp32": (None, None), "bf16": ("bfloat16", None), "fp16": ("float16", None),
+              "bf16w": (None, torch.bfloat16), "fp16w": (None, torch.float16)}
 # default variants; --published without --variants puts the published model first
-CPU_VARIANTS = "fused:fp32,reference:fp32,fused:bf16"
-CUDA_VARIANTS = "fused:fp16,fused:fp16:recompute,fused:fp16:keep,fused:bf16,reference:bf16"
+CPU_VARIANTS = "fused:fp32,reference:fp32,fused:bf16w"
+CUDA_VARIANTS = "fused:fp16w,fused:fp16w:recompute,fused:fp16w:keep,fused:fp16,fused:bf16w,reference:bf16"
 
 
 def make_inputs(config: UNetConfig, batch: int, device: torch.device, seed: int = 0):
@@ -132,11 +136,11 @@ RECOMPUTE = {"recompute": True, "keep": False}
 def build_variants(config: UNetConfig, variants: list[str], device: torch.device,
                    published: Path | None = None) -> dict[str, torch.nn.Module]:
     """One model per `impl:precision[:recompute|keep]` variant, all with the weights of the
-    first of ours. The optional last field forces the blocks' recomputation on or off
+    first of ours (then cast for 16-bit weights). The optional last field forces the blocks' recomputation on or off
     (default: values of 8 MiB or more; `mmattn.nn.recompute`). `published:fp32|fp16`
     is the published model built from the checkout at `published` (its own random weights)."""
     models: dict[str, torch.nn.Module] = {}
-    ours: CoupledUNet | None = None
+    weights: dict[str, torch.Tensor] | None = None  # the first of ours', before any cast
     for variant in variants:
         impl, precision, *memory = variant.split(":")
         if impl == "published":
@@ -145,19 +149,20 @@ def build_variants(config: UNetConfig, variants: list[str], device: torch.device
             torch.manual_seed(0)
             models[variant] = published_model(config, published, precision).to(device)
             continue
-        if precision not in AUTOCAST:
-            raise ValueError(f"precision must be one of {tuple(AUTOCAST)}, got {precision!r} in {variant!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r} in {variant!r}")
         if len(memory) > 1 or (memory and memory[0] not in RECOMPUTE):
             raise ValueError(f"variant must be impl:precision[:recompute|keep], got {variant!r}")
+        autocast, weight_dtype = PRECISIONS[precision]
         torch.manual_seed(0)
-        model = CoupledUNet(dataclasses.replace(config, impl=impl, autocast=AUTOCAST[precision])).to(device)
+        model = CoupledUNet(dataclasses.replace(config, impl=impl, autocast=autocast)).to(device)
         if memory:
             set_recompute(model, RECOMPUTE[memory[0]])
-        if ours is None:
-            ours = model
+        if weights is None:
+            weights = {name: w.clone() for name, w in model.state_dict().items()}
         else:
-            model.load_state_dict(ours.state_dict())
-        models[variant] = model
+            model.load_state_dict(weights)
+        models[variant] = model if weight_dtype is None else cast_weights(model, weight_dtype)
     return models
 
 
@@ -213,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.model", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, help="default: 1 on CPU, 4 on CUDA")
-    parser.add_argument("--variants", help="comma-separated impl:precision (precision fp32|bf16|fp16)")
+    parser.add_argument("--variants", help="comma-separated impl:precision[:recompute|keep] "
+                        "(precision fp32|bf16|fp16|bf16w|fp16w)")
     parser.add_argument("--repeat", type=int, help="timed runs per variant (default: 1 on CPU, 5 on CUDA)")
     parser.add_argument("--preset", default="paper-64")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

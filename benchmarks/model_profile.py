@@ -1,6 +1,6 @@
 """Where a model step's time goes: torch.profiler over one forward+backward of each variant.
 
-    python -m benchmarks.model_profile [--device cpu|cuda] [--batch N] [--variants fused:fp16,...]
+    python -m benchmarks.model_profile [--device cpu|cuda] [--batch N] [--variants fused:fp16w,...]
                                        [--preset paper-64] [--rows 30] [--published PATH]
                                        [--count-ops]
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.model_profile", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, help="default: 1 on CPU, 4 on CUDA")
-    parser.add_argument("--variants", default="fused:fp16", help="comma-separated, as in benchmarks.model")
+    parser.add_argument("--variants", default="fused:fp16w", help="comma-separated, as in benchmarks.model")
     parser.add_argument("--preset", default="paper-64")
     parser.add_argument("--rows", type=int, default=30, help="operators shown per variant")
     parser.add_argument("--published", type=Path, help="a checkout of researchmm/MM-Diffusion")

@@ -258,8 +258,15 @@ class CoupledUNet(nn.Module):
                 raise ValueError(f"y must be an integer tensor [B] = [{batch}], got {y.dtype} {tuple(y.shape)}")
         return timesteps
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in outside autocast: that of its convolution and linear
+        weights (float32, or 16 bits after `mmattn.nn.cast_weights`)."""
+        return self.time_embed[0].weight.dtype
+
     def _embed(self, timesteps: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))
+        sinusoids = timestep_embedding(timesteps, self.config.model_channels).to(self.dtype)
+        emb = self.time_embed(sinusoids)
         if self.label_embed is not None:
             if y is None:
                 y = torch.full((batch,), self.config.num_classes, device=emb.device, dtype=torch.long)
@@ -279,14 +286,16 @@ class CoupledUNet(nn.Module):
                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`cross_shift=None`: every RS-MMA layer with random shifting draws its own shift; an
         int: all such layers use it (layers without shifting use 0). `y`: `[B]` class ids
-        (`null_class` for none) if the model is class-conditional; None means unconditional."""
+        (`null_class` for none) if the model is class-conditional; None means unconditional.
+        The model computes in `self.dtype` (under the config's autocast, if any) and returns
+        the inputs' dtype."""
         timesteps = self._check_inputs(video, audio, timesteps, y)
         dtype = AUTOCAST_DTYPES[self.config.autocast]
         amp = (torch.autocast(video.device.type, dtype=dtype) if dtype is not None
                else contextlib.nullcontext())
         with amp:
             emb = self._embed(timesteps, y, video.shape[0])
-            v, a = self.video_in(video), self.audio_in(audio)
+            v, a = self.video_in(video.to(self.dtype)), self.audio_in(audio.to(self.dtype))
             skips = [(v, a)]
             for block in self.encoder:
                 v, a = self._run(block, v, a, emb, cross_shift)

@@ -13,7 +13,7 @@
 #
 #   scripts/gpu_check.sh [OUTDIR]      (default: $OUT, else ./gpu_check_out)
 #   GPU_CHECK_CASES="norm:audio-128x25600 ..."  benchmark only these kind:case pairs
-#   GPU_CHECK_PROFILE=published:fp16,fused:fp16  model variants to profile (default fused:fp16)
+#   GPU_CHECK_PROFILE=published:fp16,fused:fp16w  model variants to profile (default fused:fp16w)
 #
 # OUTDIR receives three files: results.json, results.md and logs.tar.gz (every log and raw
 # benchmark file), also when a step fails.
@@ -104,7 +104,7 @@ note model_seconds $((SECONDS - T0))
 tail -8 "$OUTDIR/model.log"
 
 log "profile of one training step (log: profile.txt)"
-PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants ${GPU_CHECK_PROFILE:-fused:fp16})
+PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants ${GPU_CHECK_PROFILE:-fused:fp16w})
 [[ -n ${GPU_CHECK_PUBLISHED:-} ]] && PROFILE_ARGS+=(--published "$GPU_CHECK_PUBLISHED")
 timeout "$(step_timeout 90)" $PY -m benchmarks.model_profile "${PROFILE_ARGS[@]}" > "$OUTDIR/profile.txt" 2>&1
 note profile_rc $?

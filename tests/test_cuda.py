@@ -532,3 +532,33 @@ def test_blocks_recompute_with_the_same_gradients(dtype):
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
     for recomputed, kept in zip(*grads):
         torch.testing.assert_close(recomputed, kept, **tol)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+def test_model_with_16bit_weights_computes_what_autocast_computes(dtype):
+    """A CoupledUNet with 16-bit weights (`cast_weights`, float32 norms) computes, with the same
+    dropout masks and shifts, what autocast computes on float32 weights: outputs and gradients."""
+    import dataclasses
+    from mmattn.nn import cast_weights
+    from mmdiffusion.unet import CoupledUNet, UNetConfig
+    config = dataclasses.replace(UNetConfig.preset("tiny"), dropout=0.1)
+    torch.manual_seed(0)
+    amp = CoupledUNet(dataclasses.replace(config, autocast=str(dtype).removeprefix("torch."))).to(DEV).train()
+    with torch.no_grad():  # no zero-initialised branches: every path carries gradient
+        for name, p in amp.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.05 + (1.0 if name.endswith("norm.weight") else 0.0))
+    half = CoupledUNet(config).to(DEV).train()
+    half.load_state_dict(amp.state_dict())
+    cast_weights(half, dtype)
+    video = torch.randn(2, *config.video_shape, device=DEV)
+    audio = torch.randn(2, *config.audio_shape, device=DEV)
+    t = torch.tensor([5, 600], device=DEV)
+    results = []
+    for model in (amp, half):
+        torch.manual_seed(1)
+        out_v, out_a = model(video, audio, t)
+        (out_v.square().mean() + out_a.square().mean()).backward()
+        results.append([out_v, out_a] + [p.grad.float() for p in model.parameters()])
+    for name, a, b in zip(["video", "audio"] + [n for n, _ in amp.named_parameters()], *results):
+        assert b.isfinite().all(), name
+        assert (a - b).norm() <= 1e-2 * a.norm() + 1e-6, name

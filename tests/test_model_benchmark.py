@@ -101,3 +101,18 @@ def test_measure_alternates_the_order_of_the_runs():
     result = model_bench.measure(fns, torch.device("cpu"), repeat=3, warmup=0, memory=False)
     assert "".join(calls) == "abccbaabc"
     assert set(result) == set("abc") and all(r.seconds >= 0 and r.page_faults >= 0 for r in result.values())
+
+
+def test_16bit_weight_variants_share_the_first_models_weights():
+    """`bf16w` casts the first variant's float32 weights (not another cast's), keeps norms float32."""
+    cfg = UNetConfig.preset("tiny")
+    models = model_bench.build_variants(cfg, ["fused:bf16w", "fused:fp32", "reference:fp16w"], torch.device("cpu"))
+    full = models["fused:fp32"].state_dict()
+    for variant, dtype in (("fused:bf16w", torch.bfloat16), ("reference:fp16w", torch.float16)):
+        model = models[variant]
+        assert model.dtype == dtype and model.config.autocast is None
+        for name, w in model.state_dict().items():
+            assert torch.equal(w, full[name].to(w.dtype)), (variant, name)
+        assert model.video_out.norm.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model_bench.build_variants(cfg, ["fused:int8"], torch.device("cpu"))

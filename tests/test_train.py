@@ -275,3 +275,29 @@ def test_gradient_checkpointing_changes_nothing_and_bf16_runs(tmp_path, one_thre
         assert torch.equal(a, b), name
     logged = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(logged["loss"]) and logged["loss"] > 0
+
+
+def test_bf16_weights_train_float32_master_weights_and_resume_exactly(tmp_path, one_thread):
+    """precision "bf16-weights": the passes run on a bf16 copy, the optimizer and checkpoints hold
+    float32 weights that move; a resumed run re-rounds its copy from them and continues exactly."""
+    config = apply_overrides(load_config("micro"), {"steps": 2, "precision": "bf16-weights", "ckpt_every": 1})
+    moved = {}
+    for precision in ("fp32", "bf16-weights"):
+        straight = Trainer(apply_overrides(config, {"precision": precision}), tmp_path / precision, progress=False)
+        before = {k: v.clone() for k, v in straight.net.state_dict().items()}
+        straight.fit()
+        moved[precision] = {k for k, v in straight.net.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved["bf16-weights"] == moved["fp32"] and moved["fp32"]  # the same weights learn
+    work = straight.master.work.net
+    assert work.video_in.spatial.weight.dtype == torch.bfloat16 and work.config.autocast is None
+    for (name, w), m in zip(work.state_dict().items(), straight.net.state_dict().values()):
+        assert m.dtype == torch.float32, name
+        assert torch.equal(w, m.to(w.dtype)), name      # the copy is the master, rounded
+
+    first = Trainer(apply_overrides(config, {"steps": 1}), tmp_path / "resumed", progress=False)
+    first.fit()
+    resumed = Trainer(config, tmp_path / "resumed", progress=False)
+    assert resumed.step == 1
+    resumed.fit()
+    for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mmdiffusion
-from mmattn.nn import RSMultiModalAttention
+from mmattn.nn import GroupNormAct, RSMultiModalAttention, cast_weights
 from mmattn.nn.recompute import set_recompute
 from mmdiffusion.unet import PRESETS, CoupledUNet, UNetConfig, timestep_embedding
 
@@ -165,6 +165,38 @@ def test_bf16_autocast_close_to_fp32():
     for r, x in zip(ref, low):
         assert x.dtype == torch.float32
         assert (x - r).norm() / r.norm() < 0.05
+
+
+def test_16bit_weights_compute_what_autocast_computes():
+    """`cast_weights`: convolution and linear weights in bf16, norm parameters float32. The model
+    then computes bit for bit what bf16 autocast computes on its float32 weights (outputs and
+    gradients, dropout on), without casting each weight in every step."""
+    from benchmarks.model_profile import CountOps
+    model = randomized(SMALL)
+    amp = CoupledUNet(dataclasses.replace(SMALL, autocast="bfloat16"))
+    amp.load_state_dict(model.state_dict())
+    half = cast_weights(model, torch.bfloat16)
+    assert half.dtype == half.video_in.spatial.weight.dtype == half.audio_out.conv.weight.dtype == torch.bfloat16
+    norms = [p for m in half.modules() if isinstance(m, GroupNormAct) for p in m.parameters()]
+    assert norms and all(p.dtype == torch.float32 for p in norms)
+    video, audio, t = inputs(SMALL)
+    results, ops = {}, {}
+    for name, m in (("autocast", amp), ("weights", half)):
+        torch.manual_seed(5)
+        with CountOps() as counter:
+            out_v, out_a = m(video, audio, t, cross_shift=1)
+            (out_v.square().sum() + out_a.square().sum()).backward()
+        ops[name] = sum(counter.counts.values())
+        results[name] = (out_v, out_a, [p.grad for p in m.parameters()])
+    (amp_v, amp_a, amp_grads), (v, a, grads) = results["autocast"], results["weights"]
+    assert v.dtype == torch.float32 and torch.equal(v, amp_v) and torch.equal(a, amp_a)
+    for g_amp, g in zip(amp_grads, grads):
+        assert torch.equal(g_amp.to(g.dtype), g)
+    cast = sum(p.dtype == torch.bfloat16 for p in half.parameters())
+    assert ops["autocast"] - ops["weights"] >= 2 * cast   # a cast per weight each way
+    assert cast_weights(half, torch.float32).dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype must be"):
+        cast_weights(half, torch.int8)
 
 
 def test_class_conditioning_with_null_class():

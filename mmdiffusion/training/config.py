@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DataConfig", "ModelConfig", "DiffusionConfig", "EMAConfig", "TrainConfig", "PRESETS",
-           "load_config", "apply_overrides", "parse_override"]
+           "load_config", "apply_overrides", "parse_override", "PRECISIONS"]
+
+PRECISIONS = ("auto", "bf16", "fp32", "bf16-weights")  # TrainConfig.precision
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,9 @@ class TrainConfig:
     warmup_steps: int = 100
     lr_decay: str = "constant"       # after warm-up: "constant" or "cosine" (to 0 at `steps`)
     grad_clip: float | None = 1.0    # max global gradient norm; None: no clipping
-    precision: str = "auto"          # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"
+    # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" (autocast), "fp32", or "bf16-weights"
+    # (bf16 weights with float32 master weights, no autocast: `MasterWeights`)
+    precision: str = "auto"
     grad_checkpointing: bool = False
     seed: int = 0
     log_every: int = 10
@@ -99,7 +103,7 @@ class TrainConfig:
             "ckpt_every": self.ckpt_every >= 1, "keep_last": self.keep_last >= 1,
             "sample_steps": self.sample_steps >= 1,
             "lr_decay": self.lr_decay in ("constant", "cosine"),
-            "precision": self.precision in ("auto", "bf16", "fp32"),
+            "precision": self.precision in PRECISIONS,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
             "ema.kind": self.ema.kind in ("power", "classic"), "ema.rates": len(self.ema.rates) >= 1,
             "data.clips": self.data.clips >= 1, "data.workers": self.data.workers >= 0,

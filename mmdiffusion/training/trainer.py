@@ -36,6 +36,7 @@ from ..ema import EMA
 from .config import TrainConfig
 from .data import BatchPlan, audio_scale, build_dataset, derived_seed
 from .distributed import DistContext, all_reduce_mean, init_distributed
+from .master import MasterWeights
 from .model import Patched, build_model
 
 __all__ = ["Trainer", "NonFiniteLossError", "CHECKPOINT_FORMAT", "learning_rate"]
@@ -90,9 +91,12 @@ class Trainer:
                               rank=self.ctx.rank, world_size=self.ctx.world_size)
         self.model: Patched = build_model(config, self.device)
         self.net: nn.Module = self.model.net
-        self.train_model: nn.Module = (DistributedDataParallel(self.model, device_ids=[self.device]
+        # precision "bf16-weights": the passes run on a bf16 copy; optimizer, EMA and checkpoints use the model
+        self.master = MasterWeights(self.model, torch.bfloat16) if config.precision == "bf16-weights" else None
+        trained = self.model if self.master is None else self.master.work
+        self.train_model: nn.Module = (DistributedDataParallel(trained, device_ids=[self.device]
                                                                if self.device.type == "cuda" else None)
-                                       if self.ctx.distributed else self.model)
+                                       if self.ctx.distributed else trained)
         self.diffusion = GaussianDiffusion(config.diffusion.num_steps, config.diffusion.schedule,
                                            config.diffusion.prediction)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, betas=config.betas,
@@ -142,6 +146,8 @@ class Trainer:
         self.step = int(state["step"])
         self.position = (int(state["data"]["epoch"]), int(state["data"]["index"]))
         set_rng_state(state["rng"])
+        if self.master is not None:
+            self.master.master_to_work()
         self.resumed_from = path
 
     def _trim_metrics(self) -> None:
@@ -184,6 +190,8 @@ class Trainer:
         loss, parts = self.diffusion.training_loss(self.train_model, video, audio, t=t, noise=noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.master is not None:
+            self.master.grads_to_master()
         clip = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
         stats = all_reduce_mean(torch.stack([loss.detach(), parts["video"].detach(), parts["audio"].detach()]).float())
@@ -196,6 +204,8 @@ class Trainer:
                 + f". Weights were not updated. Last good checkpoint: {last or 'none yet'}. "
                   "Try a lower lr, a longer warm-up or gradient clipping.")
         self.optimizer.step()
+        if self.master is not None:
+            self.master.master_to_work()
         self.step += 1
         self.ema.update(self.net, self.step)
         return values
