@@ -279,15 +279,19 @@ def test_gradient_checkpointing_changes_nothing_and_bf16_runs(tmp_path, one_thre
 
 def test_bf16_weights_train_float32_master_weights_and_resume_exactly(tmp_path, one_thread):
     """precision "bf16-weights": the passes run on a bf16 copy, the optimizer and checkpoints hold
-    float32 weights that move; a resumed run re-rounds its copy from them and continues exactly."""
+    float32 weights. They train bit for bit as bf16 autocast does (which casts the float32 weights
+    in every step); a resumed run re-rounds its copy from them and continues exactly."""
     config = apply_overrides(load_config("micro"), {"steps": 2, "precision": "bf16-weights", "ckpt_every": 1})
-    moved = {}
-    for precision in ("fp32", "bf16-weights"):
+    moved, trained = {}, {}
+    for precision in ("fp32", "bf16", "bf16-weights"):
         straight = Trainer(apply_overrides(config, {"precision": precision}), tmp_path / precision, progress=False)
         before = {k: v.clone() for k, v in straight.net.state_dict().items()}
         straight.fit()
-        moved[precision] = {k for k, v in straight.net.state_dict().items() if not torch.equal(v, before[k])}
+        trained[precision] = straight.net.state_dict()
+        moved[precision] = {k for k, v in trained[precision].items() if not torch.equal(v, before[k])}
     assert moved["bf16-weights"] == moved["fp32"] and moved["fp32"]  # the same weights learn
+    for name, w in trained["bf16-weights"].items():
+        assert torch.equal(w, trained["bf16"][name]), name
     work = straight.master.work.net
     assert work.video_in.spatial.weight.dtype == torch.bfloat16 and work.config.autocast is None
     for (name, w), m in zip(work.state_dict().items(), straight.net.state_dict().values()):
