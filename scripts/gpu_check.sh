@@ -101,7 +101,7 @@ T0=$SECONDS
 timeout "$(step_timeout 240)" $PY -m benchmarks.model "${MODEL_ARGS[@]}" > "$OUTDIR/model.log" 2>&1
 note model_rc $?
 note model_seconds $((SECONDS - T0))
-tail -8 "$OUTDIR/model.log"
+tail -18 "$OUTDIR/model.log"  # the table: up to 8 variants x 2 modes
 
 log "profile of one training step (log: profile.txt)"
 PROFILE_ARGS=(--device cuda --batch 4 --rows 40 --variants ${GPU_CHECK_PROFILE:-fused:fp16w})
