@@ -24,7 +24,7 @@ from mmdiffusion.ema import EMA, power_exponent
 from mmdiffusion.training.config import PRESETS, TrainConfig, apply_overrides, load_config, parse_override
 from mmdiffusion.training.data import BatchPlan
 from mmdiffusion.training.model import fold_audio, fold_video, unfold_audio, unfold_video
-from mmdiffusion.training.trainer import NonFiniteLossError, Trainer, learning_rate
+from mmdiffusion.training.trainer import NonFiniteLossError, Trainer, _window_means, learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -305,3 +305,39 @@ def test_bf16_weights_train_float32_master_weights_and_resume_exactly(tmp_path, 
     resumed.fit()
     for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_fp16_weights_skip_overflowing_steps_and_checkpoint_the_loss_scale(tmp_path, one_thread):
+    """precision "fp16-weights" (on the reference ops: mmattn's CPU kernels take no fp16) scales the
+    loss; a step whose gradients overflow leaves the float32 weights as they were and halves the
+    scale, which checkpoints keep."""
+    config = apply_overrides(load_config("micro"), {"steps": 1, "precision": "fp16-weights",
+                                                    "model.unet.impl": "reference"})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    assert trainer.master.work.net.dtype == torch.float16
+    video, audio = next(iter(trainer.plan.loader(trainer.dataset, 0, 0, workers=0)))
+    scaler_state = trainer.scaler.state_dict()
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+
+    trainer.scaler.load_state_dict({**scaler_state, "scale": 2.0 ** 40})  # fp16 gradients overflow
+    values = trainer.train_step(video, audio)
+    assert values["skipped"] == 1.0 and values["loss_scale"] == 2.0 ** 40 and not math.isfinite(values["grad_norm"])
+    assert all(torch.equal(v, before[k]) for k, v in trainer.net.state_dict().items())
+    assert trainer.scaler.get_scale() == 2.0 ** 39
+
+    trainer.scaler.load_state_dict({**scaler_state, "scale": 2.0 ** 4})
+    values = trainer.train_step(video, audio)
+    assert values["skipped"] == 0.0 and math.isfinite(values["grad_norm"])
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.net.state_dict().items())
+    for w, m in zip(trainer.master.work.parameters(), trainer.net.parameters()):
+        assert m.dtype == torch.float32 and torch.equal(w, m.to(w.dtype))
+    trainer.save()
+    resumed = Trainer(apply_overrides(config, {"steps": 3}), tmp_path / "run", progress=False)
+    assert resumed.step == 2 and resumed.scaler.get_scale() == trainer.scaler.get_scale() == 2.0 ** 4
+    resumed.fit()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == 3 and math.isfinite(logged[-1]["loss"]) and "loss_scale" in logged[-1]
+    # the log averages what is finite: a skipped step's gradient norm is left out
+    window = [{"loss": 1.0, "grad_norm": math.nan, "skipped": 1.0}, {"loss": 3.0, "grad_norm": 2.0, "skipped": 0.0}]
+    assert _window_means(window) == {"loss": 2.0, "grad_norm": 2.0, "skipped": 0.5}
+    assert _window_means(window[:1])["grad_norm"] is None

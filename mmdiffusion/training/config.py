@@ -18,7 +18,7 @@ from typing import Any
 __all__ = ["DataConfig", "ModelConfig", "DiffusionConfig", "EMAConfig", "TrainConfig", "PRESETS",
            "load_config", "apply_overrides", "parse_override", "PRECISIONS"]
 
-PRECISIONS = ("auto", "bf16", "fp32", "bf16-weights")  # TrainConfig.precision
+PRECISIONS = ("auto", "bf16", "fp32", "bf16-weights", "fp16-weights")  # TrainConfig.precision
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,9 @@ class TrainConfig:
     warmup_steps: int = 100
     lr_decay: str = "constant"       # after warm-up: "constant" or "cosine" (to 0 at `steps`)
     grad_clip: float | None = 1.0    # max global gradient norm; None: no clipping
-    # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" (autocast), "fp32", or "bf16-weights"
-    # (bf16 weights with float32 master weights, no autocast: `MasterWeights`)
+    # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" (autocast), "fp32", "bf16-weights"
+    # (bf16 weights with float32 master weights, no autocast: `MasterWeights`), or "fp16-weights"
+    # (the same in fp16, with dynamic loss scaling, as the published trainer)
     precision: str = "auto"
     grad_checkpointing: bool = False
     seed: int = 0

@@ -63,7 +63,7 @@ class Patched(nn.Module):
 
 def resolve_precision(precision: str, device: torch.device) -> str | None:
     """The U-Net autocast dtype name for a config precision on `device` ("auto": bf16 on CUDA
-    only; "bf16-weights" runs without autocast on 16-bit weights)."""
+    only; "bf16-weights" and "fp16-weights" run without autocast on 16-bit weights)."""
     if precision == "auto":
         return "bfloat16" if device.type == "cuda" else None
     return "bfloat16" if precision == "bf16" else None

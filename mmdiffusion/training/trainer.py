@@ -42,6 +42,8 @@ from .model import Patched, build_model
 __all__ = ["Trainer", "NonFiniteLossError", "CHECKPOINT_FORMAT", "learning_rate"]
 
 CHECKPOINT_FORMAT = "mmdiffusion-train/1"
+# precisions that train 16-bit weights with float32 master weights (fp16 with loss scaling)
+WEIGHT_DTYPES = {"bf16-weights": torch.bfloat16, "fp16-weights": torch.float16}
 # Config sections that must match to resume a run (the rest, e.g. steps or lr, may change).
 RESUME_KEYS = ("data", "model", "diffusion", "ema", "batch_size", "seed")
 
@@ -59,6 +61,16 @@ def learning_rate(config: TrainConfig, step: int) -> float:
         progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
         return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr
+
+
+def _window_means(window: list[dict[str, float]]) -> dict[str, float | None]:
+    """Per key, the mean of the finite values logged over a window of steps (None if there are
+    none): the gradient norm of a step skipped for overflowing gradients is not finite."""
+    means = {}
+    for key in window[0]:
+        finite = [w[key] for w in window if math.isfinite(w[key])]
+        means[key] = sum(finite) / len(finite) if finite else None
+    return means
 
 
 def _seed_globals(seed: int) -> None:
@@ -91,8 +103,11 @@ class Trainer:
                               rank=self.ctx.rank, world_size=self.ctx.world_size)
         self.model: Patched = build_model(config, self.device)
         self.net: nn.Module = self.model.net
-        # precision "bf16-weights": the passes run on a bf16 copy; optimizer, EMA and checkpoints use the model
-        self.master = MasterWeights(self.model, torch.bfloat16) if config.precision == "bf16-weights" else None
+        # 16-bit weights: the passes run on a 16-bit copy; optimizer, EMA and checkpoints use the model
+        weight_dtype = WEIGHT_DTYPES.get(config.precision)
+        self.master = None if weight_dtype is None else MasterWeights(self.model, weight_dtype)
+        # fp16 gradients underflow unless the loss is scaled; a step whose gradients overflow is skipped
+        self.scaler = torch.amp.GradScaler(self.device.type) if weight_dtype == torch.float16 else None
         trained = self.model if self.master is None else self.master.work
         self.train_model: nn.Module = (DistributedDataParallel(trained, device_ids=[self.device]
                                                                if self.device.type == "cuda" else None)
@@ -119,7 +134,8 @@ class Trainer:
         return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_json(),
                 "audio_scale": self.audio_scale, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                "data": {"epoch": epoch, "index": index}}
+                "data": {"epoch": epoch, "index": index},
+                "loss_scaler": None if self.scaler is None else self.scaler.state_dict()}
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0; other ranks wait for it)."""
@@ -142,6 +158,8 @@ class Trainer:
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("loss_scaler"):
+            self.scaler.load_state_dict(state["loss_scaler"])
         self.audio_scale = float(state["audio_scale"])
         self.step = int(state["step"])
         self.position = (int(state["data"]["epoch"]), int(state["data"]["index"]))
@@ -180,7 +198,8 @@ class Trainer:
 
     def train_step(self, video: torch.Tensor, audio: torch.Tensor) -> dict[str, float]:
         """One optimiser step on this rank's clips (`video [b, F, 3, S, S]`, `audio [b, 1, L]`, data
-        units); returns the rank-averaged loss terms, gradient norm and learning rate."""
+        units); returns the rank-averaged loss terms, gradient norm and learning rate (with loss
+        scaling also the scale, and `skipped` 1.0 where overflowing gradients skipped the update)."""
         video = video.to(self.device, non_blocking=True)
         audio = audio.to(self.device, non_blocking=True) * self.audio_scale
         t, noise = self._noise(video, audio)
@@ -189,21 +208,31 @@ class Trainer:
             group["lr"] = lr
         loss, parts = self.diffusion.training_loss(self.train_model, video, audio, t=t, noise=noise)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         if self.master is not None:
             self.master.grads_to_master()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         clip = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
         stats = all_reduce_mean(torch.stack([loss.detach(), parts["video"].detach(), parts["audio"].detach()]).float())
         values = dict(zip(("loss", "loss_video", "loss_audio"), stats.tolist()), grad_norm=float(grad_norm), lr=lr)
-        if not all(math.isfinite(v) for v in values.values()):
+        # with loss scaling, overflowing gradients only skip the update (the scaler then lowers the scale)
+        skipped = self.scaler is not None and not math.isfinite(values["grad_norm"])
+        if self.scaler is not None:
+            values.update(loss_scale=self.scaler.get_scale(), skipped=float(skipped))
+        if not all(math.isfinite(v) for k, v in values.items() if k != "grad_norm" or not skipped):
             last = latest_checkpoint(self.ckpt_dir)
             raise NonFiniteLossError(
                 f"non-finite training values at step {self.step + 1}: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                 + f". Weights were not updated. Last good checkpoint: {last or 'none yet'}. "
                   "Try a lower lr, a longer warm-up or gradient clipping.")
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)  # no update if the gradients overflowed
+            self.scaler.update()              # then halves the scale; doubles it after 2000 good steps
         if self.master is not None:
             self.master.master_to_work()
         self.step += 1
@@ -227,7 +256,7 @@ class Trainer:
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                         now = time.perf_counter()
-                        entry = {"step": self.step, **{k: sum(w[k] for w in window) / len(window) for k in window[0]},
+                        entry = {"step": self.step, **_window_means(window),
                                  "samples_per_s": len(window) * cfg.batch_size / (now - tick)}
                         window, tick = [], now
                         bar.set_postfix(loss=f"{entry['loss']:.4f}")
