@@ -562,3 +562,21 @@ def test_model_with_16bit_weights_computes_what_autocast_computes(dtype):
     for name, a, b in zip(["video", "audio"] + [n for n, _ in amp.named_parameters()], *results):
         assert b.isfinite().all(), name
         assert (a - b).norm() <= 1e-2 * a.norm() + 1e-6, name
+
+
+@pytest.mark.parametrize("precision", ["bf16-weights", "fp16-weights"])
+def test_trainer_with_16bit_weights_and_master_weights(precision, tmp_path):
+    """A short run with 16-bit weights on CUDA: float32 masters that move, the 16-bit copy their
+    rounding (one multi-tensor copy), finite losses (fp16: with loss scaling)."""
+    import json
+    from mmdiffusion.training.config import apply_overrides, load_config
+    from mmdiffusion.training.trainer import Trainer
+    config = apply_overrides(load_config("micro"), {"steps": 3, "precision": precision})
+    trainer = Trainer(config, tmp_path / "run", device=DEV, progress=False)
+    before = [p.detach().clone() for p in trainer.net.parameters()]
+    trainer.fit()
+    assert any(not torch.equal(p, b) for p, b in zip(trainer.net.parameters(), before))
+    for w, m in zip(trainer.master.work.parameters(), trainer.net.parameters()):
+        assert m.dtype == torch.float32 and torch.equal(w, m.to(w.dtype))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 3 and all(math.isfinite(entry["loss"]) for entry in logged)
