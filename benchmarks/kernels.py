@@ -10,12 +10,10 @@ peak extra memory, and each baseline's time over ours (`speedup`), all measured 
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import mmattn
 from benchmarks.common import (cpu_peak_extra_bytes, cuda_peak_extra_bytes, device_name,

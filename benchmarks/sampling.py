@@ -1,12 +1,12 @@
 """Sampling benchmark: wall time per generated clip for each sampler at its default steps.
 
     python -m benchmarks.sampling [--preset tiny|paper-64] [--device cpu|cuda] [--batch-sizes 1 8]
-                                  [--samplers ddpm,ddim,dpmpp-2m,dpmpp-3m] [--timed-steps N]
+                                  [--samplers ddpm,ddim,dpmpp-2m,dpmpp-3m,unipc] [--timed-steps N]
                                   [--no-guidance] [--out results.json]
 
 The model is `mmdiffusion.CoupledUNet(preset)` with random weights (the time does not depend on
 them) under bf16 autocast on CUDA, float32 on CPU. Every sampler runs at its default steps
-(DDPM 1000, DDIM 50, DPM-Solver++ 20), plus DPM-Solver++(2M) with reconstruction guidance
+(DDPM 1000, DDIM 50, DPM-Solver++ and UniPC 20), plus DPM-Solver++(2M) with reconstruction guidance
 (audio given, one extra backward pass per step). After a 2-step warm-up run, one full run is
 timed per row. `--timed-steps N` times an N-step run instead and scales it to the default steps
 (each step is one model call plus O(1) elementwise work, so the cost per step is constant); it is

@@ -80,13 +80,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
-def rng_state() -> dict[str, Any]:
-    """States of every global generator a training step may draw from: torch CPU, torch CUDA (all
-    devices), numpy's legacy global generator and Python's `random`."""
+def rng_state(device: torch.device | str | None = None) -> dict[str, Any]:
+    """States of every global generator a training step may draw from: torch CPU, torch CUDA (the
+    generator of `device` if it is a CUDA device: the one this process trains on), numpy's legacy
+    global generator and Python's `random`."""
     np_state = np.random.get_state(legacy=False)
+    device = None if device is None else torch.device(device)
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "numpy": {"bit_generator": np_state["bit_generator"],
                   "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                   "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
@@ -95,11 +97,16 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore generator states captured by `rng_state` (CUDA states only when CUDA is available)."""
+def set_rng_state(state: dict[str, Any], device: torch.device | str | None = None) -> None:
+    """Restore generator states captured by `rng_state`; the saved CUDA state goes to `device`'s
+    generator (if it is a CUDA device; the state may come from another device or machine)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = None if device is None else torch.device(device)
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # checkpoints before 2026-11-27: one state per visible device
+        cuda = cuda[device.index or 0] if device is not None and len(cuda) > (device.index or 0) else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     numpy = state["numpy"]
     np.random.set_state({"bit_generator": numpy["bit_generator"],
                          "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},

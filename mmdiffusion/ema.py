@@ -11,7 +11,8 @@ Two profiles:
   ``sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))`` equals ``sigma_rel``. The average forgets its
   initialisation (``beta_1 = 0``) and scales with run length, which suits short runs.
 
-Averages are kept in float32 for every floating parameter; buffers are copied, not averaged.
+Averages are kept in float32 for every floating parameter; buffers are not tracked (an averaged
+model takes them from the trained one, as `load_trained` does).
 """
 from __future__ import annotations
 

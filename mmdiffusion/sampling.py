@@ -425,7 +425,8 @@ def sample(
         diffusion: the :class:`GaussianDiffusion` the model was trained with.
         sampler: one of :data:`SAMPLERS` (``"ddpm"``, ``"ddim"``, ``"dpmpp-2m"``, ``"dpmpp-3m"``, ``"unipc"``).
         steps: model evaluations; default :data:`DEFAULT_STEPS` per sampler (DDPM 1000, DDIM 50,
-            DPM-Solver++ and UniPC 20). ``"ddpm"`` with fewer steps than ``diffusion.num_steps`` is respaced.
+            DPM-Solver++ and UniPC 20), at most ``diffusion.num_steps`` with uniform spacing.
+            ``"ddpm"`` with fewer steps than ``diffusion.num_steps`` is respaced.
         generator: makes the result deterministic (initial noise, ancestral noise, re-noising);
             must live on ``device``. Randomness inside the model is the model's business
             (:class:`~mmdiffusion.CoupledUNet`'s random RS-MMA shifts use torch's global RNG: seed it
@@ -433,7 +434,8 @@ def sample(
         condition: zero-shot conditioning, see :class:`Condition`.
         progress: show a tqdm bar. callback: called after every model evaluation with
             ``{"step": i, "t": t_i, "x": (video, audio), "denoised": (video, audio)}``.
-        eta: DDIM stochasticity (``"ddim"`` only; default 0).
+        eta: DDIM stochasticity, ``>= 0`` (``"ddim"`` only; default 0; above 1 the direction
+            term is clamped at 0).
         spacing: ``"uniform"`` (integer timesteps) or ``"logsnr"`` (float timesteps), see
             :func:`sampling_schedule`; default :data:`DEFAULT_SPACING` per sampler (log-SNR for DPM-Solver++).
         y, cfg_scale, null_y: class conditioning with classifier-free guidance. With ``y`` (``[B]``
@@ -465,11 +467,15 @@ def sample(
     if eta is not None:
         if sampler != "ddim":
             raise ValueError(f"eta only applies to sampler='ddim', got sampler={sampler!r}")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: ancestral), got {eta}")
         options["eta"] = float(eta)
     if condition is not None and not isinstance(condition, Condition):
         raise TypeError(f"condition must be a mmdiffusion.Condition, got {type(condition).__name__}")
-    sched = sampling_schedule(diffusion, DEFAULT_STEPS[sampler] if steps is None else steps,
-                              DEFAULT_SPACING[sampler] if spacing is None else spacing)
+    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing
+    if steps is None:  # the default, at most the whole chain where steps are trained timesteps
+        steps = DEFAULT_STEPS[sampler] if spacing != "uniform" else min(DEFAULT_STEPS[sampler], diffusion.num_steps)
+    sched = sampling_schedule(diffusion, steps, spacing)
 
     device = torch.device(device) if device is not None else _default_device(model)
     if generator is not None and generator.device.type != device.type:

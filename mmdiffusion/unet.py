@@ -3,9 +3,10 @@
 The structure follows the published `MultimodalUNet` exactly (same layers, order, parameter
 count and function), so the published checkpoints load (`mmdiffusion.load_official`); the
 implementation differs: fused GroupNorm/FiLM/SiLU and RS-MMA kernels, frames-last video memory
-with no layout copies between spatial and temporal convolutions, no recomputation unless
-gradient checkpointing is asked for, and the random RS-MMA shifts drawn outside checkpointed
-regions (so recomputation sees the same shifts).
+with no layout copies between spatial and temporal convolutions, the blocks' own recomputation
+of large normalised activations (`mmattn.nn.set_recompute`; whole-block gradient checkpointing
+on request), and the random RS-MMA shifts drawn outside checkpointed regions (so recomputation
+sees the same shifts).
 """
 from __future__ import annotations
 

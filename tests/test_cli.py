@@ -48,6 +48,13 @@ def test_train_sample_a2v_v2a(tmp_path, capsys):
         _, out_audio = model.sample(1, steps=2, audio=audio, method="guidance", progress=False)
         assert torch.equal(out_video, video.expand(2, -1, -1, -1, -1))
         torch.testing.assert_close(out_audio[0], audio)
+        # a seed fixes the model's random RS-MMA shifts too, and leaves torch's global generator alone
+        state = torch.get_rng_state()
+        first, again = (model.sample(2, steps=2, seed=3, progress=False) for _ in range(2))
+        assert all(torch.equal(a, b) for a, b in zip(first, again)) and torch.equal(state, torch.get_rng_state())
+        with pytest.raises(SystemExit, match="sample: steps must be <= num_steps"):
+            main(["sample", str(run), "--sampler", "ddim", "--steps", "500", "--out", str(tmp_path / "x"),
+                  "--no-progress"])
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out

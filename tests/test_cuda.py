@@ -569,6 +569,7 @@ def test_trainer_with_16bit_weights_and_master_weights(precision, tmp_path):
     """A short run with 16-bit weights on CUDA: float32 masters that move, the 16-bit copy their
     rounding (one multi-tensor copy), finite losses (fp16: with loss scaling)."""
     import json
+    pytest.importorskip("av")  # the trainer's data pipeline decodes media with PyAV
     from mmdiffusion.training.config import apply_overrides, load_config
     from mmdiffusion.training.trainer import Trainer
     config = apply_overrides(load_config("micro"), {"steps": 3, "precision": precision})
@@ -580,3 +581,16 @@ def test_trainer_with_16bit_weights_and_master_weights(precision, tmp_path):
         assert m.dtype == torch.float32 and torch.equal(w, m.to(w.dtype))
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 3 and all(math.isfinite(entry["loss"]) for entry in logged)
+
+
+def test_checkpoint_rng_state_is_this_devices_generator():
+    """Checkpoints keep the CUDA generator of the device a rank trains on, and restore it there
+    (also from the per-device list of older checkpoints)."""
+    from mmdiffusion.checkpoint import rng_state, set_rng_state
+    torch.manual_seed(0)
+    state = rng_state(DEV)
+    draws = torch.rand(3, device=DEV)
+    torch.rand(5, device=DEV)
+    for saved in (state, {**state, "cuda": [state["cuda"]]}):
+        set_rng_state(saved, DEV)
+        assert torch.equal(torch.rand(3, device=DEV), draws)

@@ -380,6 +380,8 @@ def test_bad_inputs_raise_clear_errors(data, diffusion):
         run(spacing="karras")
     with pytest.raises(ValueError, match="eta only applies to sampler='ddim'"):
         run(eta=0.5)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        run(sampler="ddim", eta=-0.5)
     with pytest.raises(ValueError, match=r"video_shape must be 5 positive ints"):
         sample(model, diffusion, (2, 2, 2), shapes[1])
     with pytest.raises(ValueError, match="batch sizes differ"):
@@ -410,9 +412,15 @@ def test_bad_inputs_raise_clear_errors(data, diffusion):
         sample(lambda v, a, t: (v[:1], a), diffusion, *shapes, progress=False)
 
 
-def test_defaults_and_exports():
+def test_defaults_and_exports(data):
     assert DEFAULT_STEPS == {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 20, "dpmpp-3m": 20, "unipc": 20}
     assert mmdiffusion.sample is sample and mmdiffusion.Condition is Condition
+    short = GaussianDiffusion(num_steps=30)  # fewer trained timesteps than DDPM's and DDIM's defaults
+    model = GaussianDenoiser(short, *data)
+    for sampler, steps in (("ddpm", 30), ("ddim", 30), ("dpmpp-2m", 20)):
+        model.calls.clear()
+        sample(model, short, (1, *VIDEO), (1, *AUDIO), sampler=sampler, progress=False)
+        assert len(model.calls) == steps, sampler
 
 
 # ------------------------------------------------------------------------------------ x0 clipping

@@ -219,6 +219,23 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     assert [e["step"] for e in log] == list(range(1, 13))   # steps after the checkpoint logged once
 
 
+def test_resume_on_a_dataset_that_shrank_warns_and_goes_on(tmp_path, one_thread):
+    """A run resumed where its data now has fewer clips (a video folder lost files) warns, and a
+    saved batch position past the new epoch's end moves on to the next epoch instead of hanging."""
+    config = apply_overrides(load_config("micro"), {"steps": 1, "ckpt_every": 1})
+    Trainer(config, tmp_path, progress=False).fit()
+    path = latest_checkpoint(tmp_path / "checkpoints")
+    state = load_checkpoint(path)
+    assert state["data"] == {"epoch": 0, "index": 1, "clips": config.data.clips}
+    state["data"].update(index=999, clips=config.data.clips + 8)
+    torch.save(state, path)
+    with pytest.warns(UserWarning, match="trained on 40 clips, the data now has 32"):
+        resumed = Trainer(apply_overrides(config, {"steps": 2}), tmp_path, progress=False)
+    assert resumed.position == (1, 0)
+    resumed.fit()
+    assert resumed.step == 2
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, one_thread):
     config = apply_overrides(load_config("micro"), {"steps": 10, "ckpt_every": 2, "keep_last": 2})
     trainer = Trainer(config, tmp_path, progress=False)
@@ -320,9 +337,12 @@ def test_fp16_weights_skip_overflowing_steps_and_checkpoint_the_loss_scale(tmp_p
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
 
     trainer.scaler.load_state_dict({**scaler_state, "scale": 2.0 ** 40})  # fp16 gradients overflow
+    ema_before = [{k: v.clone() for k, v in avg.items()} for avg in trainer.ema.state_dict()["averages"]]
     values = trainer.train_step(video, audio)
     assert values["skipped"] == 1.0 and values["loss_scale"] == 2.0 ** 40 and not math.isfinite(values["grad_norm"])
     assert all(torch.equal(v, before[k]) for k, v in trainer.net.state_dict().items())
+    for avg, old in zip(trainer.ema.state_dict()["averages"], ema_before):  # nor the EMA
+        assert all(torch.equal(v, old[k]) for k, v in avg.items())
     assert trainer.scaler.get_scale() == 2.0 ** 39
 
     trainer.scaler.load_state_dict({**scaler_state, "scale": 2.0 ** 4})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..media import READ_ERRORS
-from .sample import add_model_arguments, load, report
+from .sample import add_model_arguments, generate, load, report
 
 # given modality -> (command name, help of the input argument, what the command generates)
 COMMANDS = {"audio": ("a2v", "audio or video file whose sound is given", "video"),
@@ -42,10 +42,7 @@ def conditional_command(given: Literal["audio", "video"]) -> tuple[Callable[[arg
             clip = read(args.input, model, args.start)
         except (ValueError, *READ_ERRORS) as error:
             raise SystemExit(f"{name}: cannot read {args.input}: {error}")
-        video, audio = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                    method=args.method, scale=args.scale, clip_x0=args.clip_x0,
-                                    progress=not args.no_progress,
-                                    **{given: clip})
+        video, audio = generate(model, args, name, method=args.method, scale=args.scale, **{given: clip})
         report(write_samples(args.out, video, audio, model.fps, model.sample_rate, prefix=name),
                f"{name}: {generated} for {args.input}")
         return 0

@@ -43,6 +43,16 @@ def load(args: argparse.Namespace):
         raise SystemExit(f"{error}")
 
 
+def generate(model, args: argparse.Namespace, label: str, **options) -> tuple:
+    """`model.sample` with the command line's sampling options (and `options`); a bad combination
+    (e.g. more `--steps` than the run's diffusion has) ends the command with its message."""
+    try:
+        return model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                            clip_x0=args.clip_x0, progress=not args.no_progress, **options)
+    except ValueError as error:
+        raise SystemExit(f"{label}: {error}")
+
+
 def report(paths: dict, label: str) -> None:
     print(f"{label}: {len(paths['mp4'])} clips")
     for mp4, wav in zip(paths["mp4"], paths["wav"]):
@@ -58,8 +68,7 @@ def main(args: argparse.Namespace) -> int:
     from ..training.pipeline import write_samples
 
     model = load(args)
-    video, audio = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                clip_x0=args.clip_x0, progress=not args.no_progress)
+    video, audio = generate(model, args, "sample")
     paths = write_samples(args.out, video, audio, model.fps, model.sample_rate)
     report(paths, f"sample: {model.path} (step {model.step}, {args.weights} weights)")
     return 0

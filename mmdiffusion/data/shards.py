@@ -106,6 +106,10 @@ class ShardDataset(ClipDataset):
             raise ValueError(f"no stored video has {frames} frames in {str(root)!r}")
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
 
+    def __getstate__(self) -> dict:
+        # data-loader workers re-open the memory maps: pickling a map would copy the whole shard
+        return {**self.__dict__, "_arrays": {}}
+
     def _array(self, shard: int, kind: str) -> np.ndarray:
         key = (shard, kind)
         if key not in self._arrays:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..diffusion import GaussianDiffusion
+
 __all__ = ["DataConfig", "ModelConfig", "DiffusionConfig", "EMAConfig", "TrainConfig", "PRESETS",
            "load_config", "apply_overrides", "parse_override", "PRECISIONS"]
 
@@ -57,6 +59,9 @@ class DiffusionConfig:
     num_steps: int = 1000
     schedule: str = "linear"         # "linear" or "cosine"
     prediction: str = "eps"          # "eps", "v" or "x0"
+
+    def build(self) -> GaussianDiffusion:
+        return GaussianDiffusion(self.num_steps, self.schedule, self.prediction)
 
 
 @dataclass(frozen=True)

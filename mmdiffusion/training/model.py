@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.av_dataset import clip_samples
 from ..unet import CoupledUNet, UNetConfig
 from .config import TrainConfig
 
@@ -73,10 +74,7 @@ def unet_config(config: TrainConfig, device: torch.device | str = "cpu") -> UNet
     """The U-Net configuration of a run: `config.model`'s preset and overrides, with the folded
     data shapes, fps and sample rate, gradient checkpointing and autocast filled in."""
     data, model = config.data, config.model
-    length = data.frames * data.sample_rate / data.fps
-    if abs(length - round(length)) > 1e-6:
-        raise ValueError(f"data.frames / data.fps * data.sample_rate must be a whole number of samples, got {length}")
-    length = round(length)
+    length = clip_samples(data.frames, data.fps, data.sample_rate)
     p, k = model.video_patch, model.audio_patch
     if data.size % p or length % k:
         raise ValueError(f"model.video_patch ({p}) must divide data.size ({data.size}) and model.audio_patch "

@@ -16,6 +16,7 @@ import torch
 
 from .. import media
 from ..checkpoint import latest_checkpoint, load_checkpoint
+from ..data.av_dataset import clip_samples
 from ..diffusion import GaussianDiffusion
 from ..media import contact_sheet, write_png, write_video, write_wav
 from ..sampling import Condition, sample
@@ -59,7 +60,7 @@ class TrainedModel:
     @property
     def audio_shape(self) -> tuple[int, int]:
         """`(1, L)` of one clip."""
-        return (1, round(self.frames * self.sample_rate / self.fps))
+        return (1, clip_samples(self.frames, self.fps, self.sample_rate))
 
     def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                video: torch.Tensor | None = None, audio: torch.Tensor | None = None,
@@ -69,8 +70,10 @@ class TrainedModel:
 
         Given `video` `[F, 3, S, S]` (or `[n, ...]`) and/or `audio` `[1, L]` (or `[n, ...]`) in data
         units, the other modality is generated for them (zero-shot `Condition` with `method` and
-        `scale`). `sampler` / `steps` default to the run's `sampler` / `sample_steps`. `clip_x0`
-        keeps every step's clean-data estimate inside the data range (`sample(clip_x0=...)`).
+        `scale`). `sampler` defaults to the run's `sampler`, `steps` to its `sample_steps` for that
+        sampler and to `DEFAULT_STEPS` for another. `clip_x0` keeps every step's clean-data
+        estimate inside the data range (`sample(clip_x0=...)`). `seed` fixes the noise and the
+        model's random RS-MMA shifts (torch's global generator is left as it was).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -89,10 +92,15 @@ class TrainedModel:
                     raise ValueError(f"given {name} must be {list(shape[1:])} or {list(shape)}, got {list(data.shape)}")
                 given[name] = data * unit
             condition = Condition(**given, method=method, scale=scale)
-        out_video, out_audio = sample(
-            self.model, self.diffusion, video_shape, audio_shape, sampler=sampler or self.config.sampler,
-            steps=steps or self.config.sample_steps, generator=torch.Generator(device).manual_seed(seed),
-            condition=condition, progress=progress, clip_x0=(1.0, self.audio_scale) if clip_x0 else None)
+        sampler = sampler or self.config.sampler
+        if steps is None and sampler == self.config.sampler:
+            steps = self.config.sample_steps
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # the RS-MMA shifts come from torch's global generator
+            out_video, out_audio = sample(
+                self.model, self.diffusion, video_shape, audio_shape, sampler=sampler, steps=steps,
+                generator=torch.Generator(device).manual_seed(seed), condition=condition, progress=progress,
+                clip_x0=(1.0, self.audio_scale) if clip_x0 else None)
         return out_video.clamp(-1, 1), (out_audio / self.audio_scale).clamp(-1, 1)
 
 
@@ -124,8 +132,7 @@ def load_trained(path: str | Path, *, weights: str = "ema", ema_index: int = 0,
             raise ValueError(f"{path}: EMA average holds unknown parameters {unexpected[:3]}")
     elif weights != "model":
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
-    diffusion = GaussianDiffusion(config.diffusion.num_steps, config.diffusion.schedule, config.diffusion.prediction)
-    return TrainedModel(model.eval().requires_grad_(False), diffusion, config, float(state["audio_scale"]),
+    return TrainedModel(model.eval().requires_grad_(False), config.diffusion.build(), config, float(state["audio_scale"]),
                         int(state["step"]), path)
 
 
@@ -134,7 +141,7 @@ def load_trained(path: str | Path, *, weights: str = "ema", ema_index: int = 0,
 def spectrogram_image(audio: torch.Tensor, *, window: int = 256, height: int = 96) -> np.ndarray:
     """Log-magnitude spectrogram of `audio` `[C, L]` as a uint8 image `[height, frames]`
     (low frequencies at the bottom, 80 dB range below the clip's peak)."""
-    mono = audio.float().mean(0)
+    mono = audio.detach().float().cpu().mean(0)
     spec = torch.stft(mono, window, window // 4, window=torch.hann_window(window), return_complex=True).abs()
     db = 20 * torch.log10(spec + 1e-8)
     db = ((db - db.max() + 80) / 80).clamp(0, 1).flip(0)
@@ -150,6 +157,7 @@ def write_samples(out: str | Path, video: torch.Tensor, audio: torch.Tensor, fps
     `<prefix>-spectrograms.png` (one row per clip). Returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    video, audio = video.detach().cpu(), audio.detach().cpu()
     paths: dict[str, list[Path] | Path] = {"mp4": [], "wav": []}
     for i, (v, a) in enumerate(zip(video, audio)):
         paths["mp4"].append(write_video(out / f"{prefix}-{i:03d}.mp4", v, a, fps, sample_rate))

@@ -6,8 +6,10 @@ Reproducibility. Every random draw of a step is a function of the run's seed and
   generator;
 * timesteps and noise of global sample `j` at step `s` come from a generator seeded by
   `(seed, s, j)`, so they do not depend on how the batch is split over ranks;
-* draws inside the model (RS-MMA shifts, dropout) use torch's global generator, seeded identically
-  on every rank and saved in checkpoints.
+* draws inside the model (RS-MMA shifts, dropout) use torch's global generators, seeded identically
+  on every rank and saved in checkpoints (rank 0's: the ranks' states are equal). So all ranks
+  draw the same shifts, as one process would for the whole batch, and with dropout the j-th
+  sample of every rank gets the same masks.
 
 A checkpoint holds the U-Net, EMA, optimiser, step, data position and all global RNG states, so a
 run killed at any point and restarted continues bit-identically (on CPU; CUDA kernels may be
@@ -20,6 +22,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ..diffusion import GaussianDiffusion
 from ..ema import EMA
 from .config import TrainConfig
 from .data import BatchPlan, audio_scale, build_dataset, derived_seed
@@ -112,8 +114,7 @@ class Trainer:
         self.train_model: nn.Module = (DistributedDataParallel(trained, device_ids=[self.device]
                                                                if self.device.type == "cuda" else None)
                                        if self.ctx.distributed else trained)
-        self.diffusion = GaussianDiffusion(config.diffusion.num_steps, config.diffusion.schedule,
-                                           config.diffusion.prediction)
+        self.diffusion = config.diffusion.build()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay)
         self.ema = EMA(self.net, kind=config.ema.kind, rates=config.ema.rates)
@@ -133,8 +134,8 @@ class Trainer:
         epoch, index = self.position
         return {"format": CHECKPOINT_FORMAT, "step": self.step, "config": self.config.to_json(),
                 "audio_scale": self.audio_scale, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                "data": {"epoch": epoch, "index": index},
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.device),
+                "data": {"epoch": epoch, "index": index, "clips": len(self.dataset)},
                 "loss_scaler": None if self.scaler is None else self.scaler.state_dict()}
 
     def save(self) -> Path | None:
@@ -162,8 +163,14 @@ class Trainer:
             self.scaler.load_state_dict(state["loss_scaler"])
         self.audio_scale = float(state["audio_scale"])
         self.step = int(state["step"])
-        self.position = (int(state["data"]["epoch"]), int(state["data"]["index"]))
-        set_rng_state(state["rng"])
+        epoch, index = int(state["data"]["epoch"]), int(state["data"]["index"])
+        clips = state["data"].get("clips", len(self.dataset))
+        if clips != len(self.dataset):
+            warnings.warn(f"{path} was trained on {clips} clips, the data now has {len(self.dataset)}: "
+                          "the batch order differs from the original run's from here on")
+        # a smaller dataset may have no batch `index` in this epoch: go on with the next one
+        self.position = (epoch, index) if index < self.plan.batches_per_epoch else (epoch + 1, 0)
+        set_rng_state(state["rng"], self.device)
         if self.master is not None:
             self.master.master_to_work()
         self.resumed_from = path
@@ -236,7 +243,8 @@ class Trainer:
         if self.master is not None:
             self.master.master_to_work()
         self.step += 1
-        self.ema.update(self.net, self.step)
+        if not skipped:
+            self.ema.update(self.net, self.step)
         return values
 
     def fit(self) -> Path | None:
