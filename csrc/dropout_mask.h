@@ -1,5 +1,5 @@
 // The dropout mask as a function of (seed, memory index), shared by the CPU and CUDA kernels
-// (host and device code; unit-tested on the CPU through mmattn._C.dropout_keeps).
+// (host and device code; tested on the CPU through mmattn.dropout against the documented hash).
 //
 // Element i is kept iff bits(seed, i) >= threshold(p), so the backward regenerates the mask
 // instead of storing it, every thread draws its own elements independently, and the CPU and

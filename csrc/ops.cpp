@@ -1,6 +1,7 @@
 // Schemas and registrations of the mmattn operators; the Python module `mmattn._C`.
 //
-// Autograd and fake (meta) kernels are registered from Python (mmattn/functional.py).
+// Autograd of the fused ops is C++ (autograd.cpp); fake (meta) kernels, and conv3x3's autograd,
+// are registered from Python (mmattn/functional.py).
 #include <Python.h>
 #include <torch/extension.h>
 #include <torch/library.h>

@@ -52,7 +52,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_act_bwd_cpu(
     const OptTensor& shift, bool silu, int64_t channel_dim);
 
 // Dropout with a counter-based mask (dropout_mask.h): element i of the memory of x (dense;
-// else a contiguous copy) is zeroed iff bits(seed, i) < p * 2^32, else scaled by 1 / (1 - p).
+// else a copy in the layout empty_like(x) picks) is zeroed iff bits(seed, i) < p * 2^32, else scaled by 1 / (1 - p).
 // Returns y with x's strides. The mask is a function of (seed, index): the backward is this op
 // on grad_y, and the CPU and CUDA kernels drop the same elements.
 Tensor dropout_cpu(const Tensor& x, double p, int64_t seed);

@@ -71,7 +71,7 @@ MMATTN_HOST_DEVICE KeyRanges window_key_ranges(int64_t i, int64_t n_key, int64_t
 }
 
 // The k-th query segment (k = 0 .. window-1) whose window contains key segment j:
-// i = (j - shift - k) mod segments. Used by key-centric backward passes.
+// i = (j - shift - k) mod segments. The tests check transposed_shift's windows against it.
 MMATTN_HOST_DEVICE int64_t query_segment_seeing(int64_t j, int64_t k, int64_t segments,
                                                 int64_t shift) {
   int64_t i = (j - shift - k) % segments;

@@ -1,5 +1,5 @@
 """mmattn: fused random-shift multi-modal attention (RS-MMA) and GroupNorm(+FiLM+SiLU) operators,
-and a CPU dropout whose mask is recomputed rather than stored."""
+and a dropout (CPU and CUDA) whose mask is recomputed rather than stored."""
 from mmattn.cpu_cache import cpu_cache_stats, empty_cpu_cache, set_cpu_cache_limit
 from mmattn.functional import dropout, group_norm_act, rs_attention
 

@@ -14,7 +14,7 @@ __all__ = ["rs_attention", "group_norm_act", "dropout", "conv3x3"]
 
 _ops = torch.ops.mmattn
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_ACTS = ("silu", None)
+ACTIVATIONS: tuple[str | None, ...] = ("silu", None)  # group_norm_act's `act`
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -44,6 +44,13 @@ def _segment_attention_fwd_fake(q, k, v, segments, window, shift, scale):
 @torch.library.register_fake("mmattn::segment_attention_bwd")
 def _segment_attention_bwd_fake(grad_out, q, k, v, out, lse, segments, window, shift, scale):
     return empty_rows_like(q), empty_rows_like(k), empty_rows_like(v)
+
+
+def _check_device(name: str, t: torch.Tensor) -> None:
+    """`t` is on a device the kernels of this build run on."""
+    if t.device.type not in ("cpu", "cuda") or (t.is_cuda and not _C.with_cuda):
+        raise ValueError(f"mmattn's kernels run on CPU{' and CUDA' if _C.with_cuda else ' (this build has no CUDA)'}, "
+                         f"got {name} on {t.device}")
 
 
 def _check_tensor(name: str, t, rank: int, layout: str) -> None:
@@ -85,6 +92,7 @@ def rs_attention(q_video: torch.Tensor, k_video: torch.Tensor, v_video: torch.Te
     for name, t in zip(names[3:], tensors[3:]):
         _check_tensor(name, t, 4, "[B, H, L, D]")
     _check_same(names, tensors)
+    _check_device("q_video", q_video)
     for name, t in zip(names[1:3], tensors[1:3]):
         if t.shape != q_video.shape:
             raise ValueError(f"{name} must have the shape of q_video {tuple(q_video.shape)}, "
@@ -97,12 +105,17 @@ def rs_attention(q_video: torch.Tensor, k_video: torch.Tensor, v_video: torch.Te
     if (q_audio.shape[0], q_audio.shape[1], q_audio.shape[3]) != (b, h, d):
         raise ValueError(f"q_audio must share B, H, D = {b}, {h}, {d} with q_video, "
                          f"got shape {tuple(q_audio.shape)}")
+    if d < 1:
+        raise ValueError(f"head_dim D (last dim of q_video and q_audio) must be >= 1, got shape {tuple(q_video.shape)}")
     if q_video.is_cuda and d > _C.cuda_max_head_dim:
         raise ValueError(f"head_dim D={d} (last dim of q_video and q_audio) is not supported on CUDA: "
                          f"need D <= {_C.cuda_max_head_dim} (D = 32, 64, 128 run on tensor cores)")
     if q_video.is_cuda and b * h > _C.cuda_max_batch_heads:
         raise ValueError(f"B * H = {b} * {h} of q_video exceeds {_C.cuda_max_batch_heads}, the most the "
                          "CUDA kernels take; split the batch")
+    if q_video.is_cuda and max(n, q_audio.shape[2]) >= 2**30:
+        raise ValueError(f"the CUDA kernels take fewer than 2^30 tokens per sequence, got {n} video and "
+                         f"{q_audio.shape[2]} audio tokens")
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"frames must be a positive int, got {frames!r}")
     if n % frames != 0 or n == 0:
@@ -115,6 +128,7 @@ def rs_attention(q_video: torch.Tensor, k_video: torch.Tensor, v_video: torch.Te
         raise ValueError(f"window must be an int in [1, frames={frames}], got {window!r}")
     if isinstance(shift, bool) or not isinstance(shift, int):
         raise ValueError(f"shift must be an int, got {shift!r}")
+    shift %= frames  # windows wrap: any int is one of these (and fits the kernels' int64)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out_video, _ = _ops.segment_attention_fwd(q_video, k_audio, v_audio, frames, window, shift, scale)
     out_audio, _ = _ops.segment_attention_fwd(q_audio, k_video, v_video, frames, window, shift, scale)
@@ -184,11 +198,12 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None
         raise ValueError(f"x must be {layout} with at least {channel_dim + 1} dims, got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    _check_device("x", x)
     c = x.shape[channel_dim]
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:
         raise ValueError(f"num_groups must be a positive int dividing C={c}, got {num_groups!r}")
-    if act not in _ACTS:
-        raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
     _check_param("weight", weight, (c,), "[C]", x)
     _check_param("bias", bias, (c,), "[C]", x)
     _check_param("scale", scale, (x.shape[0], c), "[B, C]", x)
@@ -222,9 +237,7 @@ def dropout(x: torch.Tensor, p: float, *, seed: int | None = None) -> torch.Tens
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float64, bfloat16 or float16, got {x.dtype}")
-    if x.device.type not in ("cpu", "cuda") or (x.is_cuda and not _C.with_cuda):
-        raise ValueError(f"mmattn.dropout runs on CPU{' and CUDA' if _C.with_cuda else ''}, "
-                         f"got x on {x.device}")
+    _check_device("x", x)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     if p == 0.0:

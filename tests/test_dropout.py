@@ -50,12 +50,14 @@ def test_seed_determines_mask_and_generator_draws_it():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("layout", ["contiguous", "frames_last", "sliced"])
+@pytest.mark.parametrize("layout", ["contiguous", "frames_last", "sliced", "sliced_channels_last"])
 def test_backward_recomputes_the_mask(dtype, layout):
     if layout == "frames_last":
         x = torch.randn(2, 3, 5, 4, 8, dtype=dtype).permute(0, 1, 4, 2, 3)
     elif layout == "sliced":
         x = torch.randn(6, 10, dtype=dtype)[:, ::2]
+    elif layout == "sliced_channels_last":  # not dense: the output takes the layout empty_like picks
+        x = torch.randn(2, 8, 6, 6, dtype=dtype).to(memory_format=torch.channels_last)[:, :, ::2]
     else:
         x = torch.randn(3, 40, dtype=dtype)
     x.requires_grad_()
@@ -82,7 +84,7 @@ def test_edge_probabilities_and_opcheck():
     ((torch.randn(3), 1.5), ValueError, "p must be"),
     ((torch.randn(3), -0.1), ValueError, "p must be"),
     ((torch.ones(3, dtype=torch.long), 0.1), TypeError, "x must be float32"),
-    ((torch.randn(3, device="meta"), 0.1), ValueError, "runs on CPU.* got x on meta"),
+    ((torch.randn(3, device="meta"), 0.1), ValueError, "run on CPU.* got x on meta"),
 ])
 def test_bad_inputs(args, exc, match):
     with pytest.raises(exc, match=match):

@@ -162,6 +162,22 @@ BAD = [
 ]
 
 
+def test_ops_check_their_arguments():
+    """Direct torch.ops.mmattn calls (no Python checks in front) raise on inconsistent shapes
+    instead of reading out of bounds."""
+    x, ones = torch.randn(2, 4, 5), torch.ones(4)
+    fwd, bwd = torch.ops.mmattn.group_norm_act_fwd, torch.ops.mmattn.group_norm_act_bwd
+    with pytest.raises(RuntimeError, match=r"weight and bias must be \[C\]"):
+        fwd(x, 2, torch.ones(2), None, None, None, True, 1e-5, 1)
+    with pytest.raises(RuntimeError, match=r"scale and shift must be \[B, C\]"):
+        fwd(x, 2, ones, ones, torch.zeros(1, 4), None, True, 1e-5, 1)
+    y, mean, rstd = fwd(x, 2, ones, None, None, None, True, 1e-5, 1)
+    with pytest.raises(RuntimeError, match="mean and rstd must be"):
+        bwd(y, x, mean[:1], rstd, 2, ones, None, None, None, True, 1)
+    with pytest.raises(RuntimeError, match="grad_y must match x"):
+        bwd(y[:1], x, mean, rstd, 2, ones, None, None, None, True, 1)
+
+
 @pytest.mark.parametrize("override,exc,match", BAD)
 def test_bad_inputs(override, exc, match):
     args = dict(x=torch.randn(2, 8, 5), num_groups=4)

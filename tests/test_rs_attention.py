@@ -242,7 +242,32 @@ BAD = [
           v_video=torch.randn(2, 2, 12, 8).long()), TypeError, "q_video must be float32"),
     (dict(v_video=torch.randn(2, 2, 12, 8, device="meta")), ValueError, "v_video is on meta"),
     (dict(q_video=[[1.0]]), TypeError, "q_video must be a torch.Tensor"),
+    (dict(**{name: torch.randn(2, 2, 12, 0) for name in ("q_video", "k_video", "v_video")},
+          **{name: torch.randn(2, 2, 10, 0) for name in ("q_audio", "k_audio", "v_audio")}),
+     ValueError, "head_dim D .* must be >= 1"),
 ]
+
+
+def test_any_int_shift_wraps():
+    qkv = [torch.randn(1, 2, 12, 8) for _ in range(3)] + [torch.randn(1, 2, 10, 8) for _ in range(3)]
+    for a, b in zip(mmattn.rs_attention(*qkv, frames=4, window=2, shift=2**70 + 1),
+                    mmattn.rs_attention(*qkv, frames=4, window=2, shift=(2**70 + 1) % 4)):
+        assert torch.equal(a, b)
+
+
+def test_ops_check_their_arguments():
+    """Direct torch.ops.mmattn calls (no Python checks in front) raise on inconsistent shapes
+    instead of reading out of bounds."""
+    q, lse = torch.randn(1, 1, 4, 8), torch.zeros(1, 1, 4)
+    fwd, bwd = torch.ops.mmattn.segment_attention_fwd, torch.ops.mmattn.segment_attention_bwd
+    with pytest.raises(RuntimeError, match="must agree"):
+        fwd(q, q, torch.randn(1, 1, 2, 8), 2, 1, 0, 0.3)      # v shorter than k
+    with pytest.raises(RuntimeError, match="must agree"):
+        fwd(q, torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4), 2, 1, 0, 0.3)  # another D
+    with pytest.raises(RuntimeError, match="lse must be"):
+        bwd(q, q, q, q, q, lse[..., :2], 2, 1, 0, 0.3)
+    with pytest.raises(RuntimeError, match="grad_out and out must match q"):
+        bwd(q[..., :4], q, q, q, q, lse, 2, 1, 0, 0.3)
 
 
 @pytest.mark.parametrize("override,exc,match", BAD)

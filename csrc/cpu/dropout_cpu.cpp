@@ -36,7 +36,9 @@ void dropout_range(const T* x, T* y, int64_t begin, int64_t end, uint64_t seed,
 
 at::Tensor dropout_cpu(const at::Tensor& x_in, double p, int64_t seed) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1), got ", p);
-  const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+  // a non-dense x is copied in the layout empty_like(x) picks (the strides the fake kernel promises)
+  const at::Tensor x =
+      x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(x_in.suggest_memory_format());
   at::Tensor y = empty_like_cached(x);  // x's strides: element i of memory maps to element i
   const uint32_t threshold = dropout_threshold(p);
   const auto s = static_cast<uint64_t>(seed);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "block_cache.h"
+#include "checks.h"
 #include "norm_layout.h"
 #include "ops.h"
 #include "vec_math.h"
@@ -553,13 +554,6 @@ void backward_inner(const scalar_t* dy, const NormLayout& ld, const scalar_t* x,
   });
 }
 
-void check_args(const at::Tensor& x, int64_t G, int64_t channel_dim) {
-  TORCH_CHECK(channel_dim == 1 || channel_dim == 2, "group_norm_act: channel_dim must be 1 or 2");
-  TORCH_CHECK(x.dim() >= channel_dim + 1, "group_norm_act: x has too few dims");
-  TORCH_CHECK(G >= 1 && x.size(channel_dim) % G == 0,
-              "group_norm_act: channels must be divisible by num_groups");
-}
-
 Sizes sizes_of(const NormLayout& l, int64_t G) {
   const int64_t cpg = l.channels / G;
   return {l.batch, l.channels, G, cpg, l.frames * l.spatial, l.frames * cpg * l.spatial};
@@ -578,11 +572,11 @@ void dispatch(at::ScalarType t, F&& f) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_fwd_cpu(
     const at::Tensor& x_in, int64_t G, const OptTensor& weight, const OptTensor& bias,
     const OptTensor& scale, const OptTensor& shift, bool silu, double eps, int64_t channel_dim) {
-  check_args(x_in, G, channel_dim);
+  check_group_norm("group_norm_act_fwd", x_in, G, channel_dim, weight, bias, scale, shift);
   const at::Tensor x = flattenable(x_in, channel_dim);
   at::Tensor y_result = empty_like_cached(x_in);  // the strides the fake kernel promises
   at::Tensor y = x.is_same(x_in) ? y_result : empty_like_cached(x);  // x's strides
-  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc = stats_dtype(x.scalar_type());
   at::Tensor mean = at::empty({x.size(0), G}, x.options().dtype(acc));
   at::Tensor rstd = at::empty({x.size(0), G}, x.options().dtype(acc));
   if (x.numel() == 0) return {y_result, mean.zero_(), rstd.zero_()};
@@ -603,7 +597,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& mean,
     const at::Tensor& rstd, int64_t G, const OptTensor& weight, const OptTensor& bias,
     const OptTensor& scale, const OptTensor& shift, bool silu, int64_t channel_dim) {
-  check_args(x_in, G, channel_dim);
+  check_group_norm("group_norm_act_bwd", x_in, G, channel_dim, weight, bias, scale, shift);
+  check_group_norm_grads("group_norm_act_bwd", dy_in, x_in, mean, rstd, G);
   const at::Tensor x = flattenable(x_in, channel_dim);
   at::Tensor dy = flattenable(dy_in, channel_dim);
   const NormLayout l = *layout_of(x, channel_dim);
@@ -611,7 +606,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     dy = empty_like_cached(x).copy_(dy);  // rows must run the same way in x and grad_y
   }
   const NormLayout ld = *layout_of(dy, channel_dim);
-  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc = stats_dtype(x.scalar_type());
   const int64_t B = x.size(0), C = x.size(channel_dim);
   at::Tensor dx_result = empty_like_cached(x_in);  // the strides the fake kernel promises
   at::Tensor dx = x.is_same(x_in) ? dx_result : empty_like_cached(x);  // x's strides

@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "checks.h"
 #include "ops.h"
 #include "rs_index.h"
 #include "vec_math.h"
@@ -316,15 +317,9 @@ void for_each_chunk(const QueryBlock& blk, const F& f) {
   }
 }
 
+// q, k, v as check_segment_attention accepts them
 Problem make_problem(const at::Tensor& q, const at::Tensor& k, int64_t segments,
                      int64_t window, int64_t shift, double scale) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "segment_attention: q and k must be 4-D [B, H, N, D]");
-  TORCH_CHECK(segments >= 1 && window >= 1 && window <= segments,
-              "segment_attention: need 1 <= window <= segments, got window=", window,
-              ", segments=", segments);
-  TORCH_CHECK(q.size(2) >= segments && k.size(2) >= segments,
-              "segment_attention: every segment needs a token (n_q=", q.size(2),
-              ", n_k=", k.size(2), ", segments=", segments, ")");
   return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), segments, window,
           wrap_shift(shift, segments), scale};
 }
@@ -450,15 +445,12 @@ void backward_kernel(const Problem& p, const at::Tensor& dout, const at::Tensor&
   });
 }
 
-at::ScalarType stats_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> segment_attention_fwd_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, int64_t segments,
     int64_t window, int64_t shift, double scale) {
+  check_segment_attention("segment_attention_fwd", q_in, k_in, v_in, segments, window);
   const Problem p = make_problem(q_in, k_in, segments, window, shift, scale);
   const at::Tensor q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   Output out(q_in);
@@ -474,6 +466,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_bwd_cpu(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in, int64_t segments,
     int64_t window, int64_t shift, double scale) {
+  check_segment_attention("segment_attention_bwd", q_in, k_in, v_in, segments, window);
+  check_segment_attention_grads("segment_attention_bwd", dout_in, q_in, out_in, lse_in);
   const Problem p = make_problem(q_in, k_in, segments, window, shift, scale);
   const at::Tensor q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
   const at::Tensor dout = rows_contiguous(dout_in), out = rows_contiguous(out_in);

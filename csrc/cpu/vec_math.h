@@ -22,12 +22,15 @@
 
 namespace mmattn::cpu {
 
-// exp(x) in float, branch-free (Cephes polynomial, ~1 ulp on the clamped range; NaN stays
-// NaN). Written to vectorise into plain SIMD arithmetic: clamps as ternaries (std::min/max
-// become compares and blends), rounding by adding 1.5 * 2^23 (no float-int conversions).
+// exp(x) in float, branch-free (Cephes polynomial, ~1 ulp on [-87.3, 88.37]; NaN stays NaN).
+// x is clamped to that range: below it the result is exp(-87.3) ~ 1.2e-38 (not 0 or a
+// denormal), above it exp(88.37) ~ 2.6e38 (not inf); the upper bound keeps 2^round(x / ln 2)
+// a finite float. Written to vectorise into plain SIMD arithmetic: clamps as ternaries
+// (std::min/max become compares and blends), rounding by adding 1.5 * 2^23 (no float-int
+// conversions).
 MMATTN_INLINE float exp_approx(float x) {
   x = x < -87.3f ? -87.3f : x;
-  x = x > 88.7f ? 88.7f : x;
+  x = x > 88.3762626f ? 88.3762626f : x;  // 127.5 ln 2: round(x / ln 2) <= 127
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln 2)
   const float t = x * 1.44269504088896341f + kRound;
   const float n = t - kRound;

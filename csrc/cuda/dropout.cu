@@ -36,7 +36,9 @@ at::Tensor dropout_cuda(const at::Tensor& x_in, double p, int64_t seed) {
   using namespace cuda;
   TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1), got ", p);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+  // a non-dense x is copied in the layout empty_like(x) picks (the strides the fake kernel promises)
+  const at::Tensor x =
+      x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(x_in.suggest_memory_format());
   at::Tensor y = at::empty_like(x);  // x's strides: element i of memory maps to element i
   const int64_t n = x.numel();
   if (n == 0) return y;

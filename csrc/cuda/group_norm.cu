@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "checks.h"
 #include "device_utils.cuh"
 #include "norm_layout.h"
 #include "norm_tiling.h"
@@ -448,16 +449,10 @@ struct AffineTensors {
 };
 
 void check_inputs(const char* op, const at::Tensor& x, int64_t groups, int64_t channel_dim,
-                  std::initializer_list<const OptTensor*> params) {
+                  const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
+                  const OptTensor& shift) {
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
-  TORCH_CHECK(channel_dim == 1 || channel_dim == 2, op, ": channel_dim must be 1 or 2");
-  TORCH_CHECK(x.dim() >= channel_dim + 1, op, ": x has too few dims");
-  TORCH_CHECK(groups >= 1 && x.size(channel_dim) % groups == 0, op,
-              ": channels must be divisible by num_groups");
-  for (const OptTensor* p : params) {
-    TORCH_CHECK(!p->has_value() || !(*p)->defined() || (*p)->device() == x.device(), op,
-                ": weight, bias, scale and shift must be on x's device");
-  }
+  ::mmattn::check_group_norm(op, x, groups, channel_dim, weight, bias, scale, shift);
 }
 
 // Runs body(V) with V = 16 / sizeof(scalar_t) when the layout allows 16-byte vectors, else 1.
@@ -933,12 +928,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_act_fwd_cuda(
     const at::Tensor& x_in, int64_t G, const OptTensor& weight, const OptTensor& bias,
     const OptTensor& scale, const OptTensor& shift, bool silu, double eps, int64_t channel_dim) {
   using namespace cuda;
-  check_inputs("group_norm_act_fwd", x_in, G, channel_dim, {&weight, &bias, &scale, &shift});
+  check_inputs("group_norm_act_fwd", x_in, G, channel_dim, weight, bias, scale, shift);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = flattenable(x_in, channel_dim);
   at::Tensor y_result = at::empty_like(x_in);  // the strides the fake kernel promises
   at::Tensor y = x.is_same(x_in) ? y_result : at::empty_like(x);
-  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc = stats_dtype(x.scalar_type());
   at::Tensor mean = at::empty({x.size(0), G}, x.options().dtype(acc));
   at::Tensor rstd = at::empty({x.size(0), G}, x.options().dtype(acc));
   if (x.numel() == 0) return {y_result, mean.zero_(), rstd.zero_()};
@@ -972,19 +967,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const at::Tensor& rstd_in, int64_t G, const OptTensor& weight, const OptTensor& bias,
     const OptTensor& scale, const OptTensor& shift, bool silu, int64_t channel_dim) {
   using namespace cuda;
-  check_inputs("group_norm_act_bwd", x_in, G, channel_dim, {&weight, &bias, &scale, &shift});
-  TORCH_CHECK(dy_in.sizes() == x_in.sizes() && dy_in.scalar_type() == x_in.scalar_type() &&
-                  dy_in.device() == x_in.device(),
-              "group_norm_act_bwd: grad_y must match x in shape, dtype and device");
+  check_inputs("group_norm_act_bwd", x_in, G, channel_dim, weight, bias, scale, shift);
+  ::mmattn::check_group_norm_grads("group_norm_act_bwd", dy_in, x_in, mean_in, rstd_in, G);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = flattenable(x_in, channel_dim);
   // grad_y in x's layout, so that one set of strides serves x, grad_y and grad_x
   const at::Tensor dy = dy_in.strides() == x.strides() ? dy_in : at::empty_like(x).copy_(dy_in);
-  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc = stats_dtype(x.scalar_type());
   const int64_t B = x.size(0), C = x.size(channel_dim);
-  TORCH_CHECK(mean_in.scalar_type() == acc && rstd_in.scalar_type() == acc &&
-                  mean_in.numel() == B * G && rstd_in.numel() == B * G,
-              "group_norm_act_bwd: mean and rstd must be [B, G] ", acc);
   const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   at::Tensor dx_result = at::empty_like(x_in);
   at::Tensor dx = x.is_same(x_in) ? dx_result : at::empty_like(x);

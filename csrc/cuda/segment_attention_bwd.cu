@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "checks.h"
 #include "ops.h"
 #include "segment_attention.cuh"
 
@@ -574,15 +575,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_bwd_cuda(
   using namespace cuda;
   const Geometry g =
       check_segment_attention("segment_attention_bwd", q_in, k_in, v_in, segments, window, shift);
-  TORCH_CHECK(dout_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes() &&
-                  dout_in.scalar_type() == q_in.scalar_type() &&
-                  out_in.scalar_type() == q_in.scalar_type() &&
-                  dout_in.device() == q_in.device() && out_in.device() == q_in.device(),
-              "segment_attention_bwd: grad_out and out must match q in shape, dtype and device");
-  const auto stats = q_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(lse_in.scalar_type() == stats && lse_in.device() == q_in.device() &&
-                  lse_in.sizes() == q_in.sizes().slice(0, 3),
-              "segment_attention_bwd: lse must be [B, H, n_q] ", stats, " on q's device");
+  ::mmattn::check_segment_attention_grads("segment_attention_bwd", dout_in, q_in, out_in, lse_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const bool tc = tensor_core_path(q_in);
   const at::Tensor q = rows_ready(q_in, tc), k = rows_ready(k_in, tc), v = rows_ready(v_in, tc);

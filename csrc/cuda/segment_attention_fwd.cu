@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "checks.h"
 #include "ops.h"
 #include "segment_attention.cuh"
 
@@ -24,21 +25,7 @@ Geometry check_segment_attention(const char* op, const at::Tensor& q, const at::
                                  const at::Tensor& v, int64_t segments, int64_t window,
                                  int64_t shift) {
   TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), op, ": q, k, v must be CUDA tensors");
-  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), op,
-              ": q, k, v must be on one device");
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
-              ": q, k, v must be 4-D [B, H, N, D]");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
-              ": q, k, v must share one dtype");
-  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3) &&
-                  v.sizes() == k.sizes(),
-              op, ": q [B, H, n_q, D], k and v [B, H, n_k, D] must agree, got ", q.sizes(), ", ",
-              k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(segments >= 1 && window >= 1 && window <= segments, op,
-              ": need 1 <= window <= segments, got window=", window, ", segments=", segments);
-  TORCH_CHECK(q.size(2) >= segments && k.size(2) >= segments, op,
-              ": every segment needs a token (n_q=", q.size(2), ", n_k=", k.size(2),
-              ", segments=", segments, ")");
+  ::mmattn::check_segment_attention(op, q, k, v, segments, window);
   TORCH_CHECK(q.size(2) < (int64_t{1} << 30) && k.size(2) < (int64_t{1} << 30), op,
               ": n_q and n_k must be < 2^30 on CUDA");
   TORCH_CHECK(q.size(0) * q.size(1) <= kCudaMaxBatchHeads, op, ": B * H must be <= ", kCudaMaxBatchHeads, " on CUDA, got ",
@@ -403,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor> segment_attention_fwd_cuda(
   const bool tc = tensor_core_path(q_in);
   const at::Tensor q = rows_ready(q_in, tc), k = rows_ready(k_in, tc), v = rows_ready(v_in, tc);
   Output out(q_in, tc);
-  const auto stats = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto stats = stats_dtype(q.scalar_type());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(stats));
   const int batch_heads = static_cast<int>(q.size(0) * q.size(1));
   if (batch_heads == 0) return {out.finish(), lse};

@@ -4,10 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mmattn.functional import takes_param_dtype
+from mmattn.functional import ACTIVATIONS, takes_param_dtype
 from mmattn.nn._ops import check_impl, group_norm_act
-
-ACTIVATIONS: tuple[str | None, ...] = ("silu", None)
 
 
 class GroupNormAct(nn.Module):
