@@ -120,6 +120,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                               int64_t shift, int64_t t0, int64_t t1) {
     const auto r = mmattn::window_key_ranges(i, n_key, segments, window,
                                              mmattn::wrap_shift(shift, segments));
-    return std::make_pair(mmattn::ranges_contain(r, t0), mmattn::ranges_cover(r, t0, t1));
-  }, "(token t0 in the window of segment i, tokens [t0, t1) inside one of its ranges)");
+    const auto w = mmattn::Window32::of(r);
+    return std::make_pair(w.contains(static_cast<int>(t0)), w.covers(static_cast<int>(t0), static_cast<int>(t1)));
+  }, "(token t0 in the window of segment i, tokens [t0, t1) inside one of its ranges: Window32, "
+     "as the CUDA kernels mask tiles)");
 }

@@ -100,17 +100,25 @@ MMATTN_HOST_DEVICE KeyRanges window_union_ranges(int64_t i0, int64_t i1, int64_t
   return window_key_ranges(i0, n_key, segments, run < segments ? run : segments, shift);
 }
 
-// Whether token t lies in one of the ranges.
-MMATTN_HOST_DEVICE bool ranges_contain(const KeyRanges& r, int64_t t) {
-  return (t >= r.begin[0] && t < r.begin[0] + r.len[0]) ||
-         (r.count > 1 && t >= r.begin[1] && t < r.begin[1] + r.len[1]);
-}
-
-// Whether the tokens [t0, t1) all lie in one of the ranges.
-MMATTN_HOST_DEVICE bool ranges_cover(const KeyRanges& r, int64_t t0, int64_t t1) {
-  return (t0 >= r.begin[0] && t1 <= r.begin[0] + r.len[0]) ||
-         (r.count > 1 && t0 >= r.begin[1] && t1 <= r.begin[1] + r.len[1]);
-}
+// A window's ranges as two half-open int ranges (the second possibly empty), as the CUDA
+// kernels mask score tiles with them (token counts < 2^30 there).
+struct Window32 {
+  int b0, e0, b1, e1;
+  MMATTN_HOST_DEVICE static Window32 of(const KeyRanges& r) {
+    Window32 w;
+    w.b0 = static_cast<int>(r.begin[0]);
+    w.e0 = static_cast<int>(r.begin[0] + r.len[0]);
+    w.b1 = r.count > 1 ? static_cast<int>(r.begin[1]) : 0;
+    w.e1 = r.count > 1 ? static_cast<int>(r.begin[1] + r.len[1]) : 0;
+    return w;
+  }
+  // whether token t lies in one of the ranges
+  MMATTN_HOST_DEVICE bool contains(int t) const { return (t >= b0 && t < e0) || (t >= b1 && t < e1); }
+  // whether the tokens [t0, t1) all lie in one of the ranges
+  MMATTN_HOST_DEVICE bool covers(int t0, int t1) const {
+    return (t0 >= b0 && t1 <= e0) || (t0 >= b1 && t1 <= e1);
+  }
+};
 
 // Tiles of at most `tile` tokens covering the ranges, range by range: their number, and the
 // first token and length of tile `index` (0 <= index < range_tiles(r, tile)). No tile

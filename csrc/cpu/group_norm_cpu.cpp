@@ -273,7 +273,9 @@ int64_t planar_row(const NormLayout& l, int64_t f, int64_t c) { return f * l.sf 
 // Offset within a sample of channels-inner row r = f * S + s: C elements `sc` = 1 apart.
 int64_t inner_row(const NormLayout& l, int64_t r) { return (r / l.spatial) * l.sf + (r % l.spatial) * l.ss; }
 
-// C contiguous and S not: rows of all channels (frames-last video, channels_last).
+// C contiguous and S not: rows of all channels (frames-last video, channels_last). Where S is
+// contiguous too (S = 1, or unit stride) the planar rows are as long, and the CPU keeps them;
+// the CUDA kernels choose by their own rule (group_norm.cu).
 bool channels_inner(const NormLayout& l) { return l.sc == 1 && l.ss != 1 && l.spatial > 1; }
 
 // Per-channel vectors of the affine and FiLM parameters in acc_t (defaults where absent).

@@ -832,7 +832,8 @@ __global__ void __launch_bounds__(kThreads) gn_cl_bwd_dx_kernel(
 
 // ---- host side of the channels-innermost kernels ---------------------------------------------
 
-// Unit channel stride and several channels: rows of contiguous channels.
+// Unit channel stride and several channels: rows of contiguous channels (also for S = 1, where
+// the CPU keeps its planar kernel: on a GPU coalesced channel rows win).
 bool channels_inner(const NormLayout& l) { return l.sc == 1 && l.channels > 1; }
 
 // 16-byte vectors along channels: whole vectors per row, aligned rows.

@@ -44,25 +44,6 @@ struct Geometry {
   int n_q, n_k, heads, segments, window, shift, tshift;
 };
 
-// A row's window as two half-open int ranges (the second possibly empty).
-struct Window32 {
-  int b0, e0, b1, e1;
-  __device__ __forceinline__ static Window32 of(const KeyRanges& r) {
-    Window32 w;
-    w.b0 = static_cast<int>(r.begin[0]);
-    w.e0 = static_cast<int>(r.begin[0] + r.len[0]);
-    w.b1 = r.count > 1 ? static_cast<int>(r.begin[1]) : 0;
-    w.e1 = r.count > 1 ? static_cast<int>(r.begin[1] + r.len[1]) : 0;
-    return w;
-  }
-  __device__ __forceinline__ bool contains(int t) const {
-    return (t >= b0 && t < e0) || (t >= b1 && t < e1);
-  }
-  __device__ __forceinline__ bool covers(int t0, int t1) const {
-    return (t0 >= b0 && t1 <= e0) || (t0 >= b1 && t1 <= e1);
-  }
-};
-
 // Window (over n_k keys) of query row r, or (transposed) the queries that see key row r.
 __device__ __forceinline__ KeyRanges query_row_window(const Geometry& g, int r) {
   return window_key_ranges(segment_of(r, g.n_q, g.segments), g.n_k, g.segments, g.window,
