@@ -222,7 +222,7 @@ def _dropout_fake(x, p, seed):
     return torch.empty_like(x)
 
 
-def dropout(x: torch.Tensor, p: float, *, seed: int | None = None) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float, *, seed: int | None = None, stream: int = 0) -> torch.Tensor:
     """Dropout (CPU and CUDA): zero each element with probability `p`, scale the rest by
     `1 / (1 - p)`.
 
@@ -230,8 +230,10 @@ def dropout(x: torch.Tensor, p: float, *, seed: int | None = None) -> torch.Tens
     stored for autograd, and a CPU and a CUDA tensor of one layout lose the same elements.
     `seed=None` draws one from torch's default (CPU) generator, also for CUDA tensors (no
     device synchronisation), so `torch.manual_seed` reproduces the masks (and checkpoint
-    recomputation, which restores that generator, sees the same ones). Output: x's shape,
-    dtype and strides.
+    recomputation, which restores that generator, sees the same ones). `stream` is mixed into
+    a drawn seed: processes whose generators agree (data-parallel ranks, which must draw the
+    same RS-MMA shifts) get different masks from their own streams. Output: x's shape, dtype
+    and strides.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -246,6 +248,9 @@ def dropout(x: torch.Tensor, p: float, *, seed: int | None = None) -> torch.Tens
         return x * 0.0
     if seed is None:
         seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64).item())
+        if stream:  # a bijection of the seed per stream (odd multiplier mod 2^64, as signed int64)
+            seed = (seed ^ (stream * 0x9E3779B97F4A7C15)) % 2**64
+            seed -= 2**64 if seed >= 2**63 else 0
     return _ops.dropout(x, float(p), int(seed))
 
 

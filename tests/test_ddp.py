@@ -32,6 +32,8 @@ def _rank(rank: int, world_size: int, port: int, out: str, config_json: str) -> 
     try:
         trainer = Trainer(TrainConfig.from_dict(json.loads(config_json)), out, device="cpu", progress=False)
         assert trainer.ctx.world_size == world_size and trainer.plan.local_batch == 2
+        from mmattn.nn import Dropout   # each rank's dropout draws its own masks
+        assert {m.stream for m in trainer.model.modules() if isinstance(m, Dropout)} == {rank}
         trainer.fit()
         torch.save(trainer.net.state_dict(), Path(out) / f"rank{rank}.pt")
     finally:

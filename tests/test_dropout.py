@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mmattn
-from mmattn.nn import Dropout
+from mmattn.nn import Dropout, set_dropout_stream
 
 
 def test_mask_rate_scale_and_independence():
@@ -47,6 +47,26 @@ def test_seed_determines_mask_and_generator_draws_it():
     a = mmattn.dropout(x, 0.5)
     torch.manual_seed(0)
     assert torch.equal(a, mmattn.dropout(x, 0.5))
+
+
+def test_streams_drop_different_elements_from_one_generator_state():
+    """Data-parallel ranks share one generator state (the same RS-MMA shifts); a module's stream
+    (its rank) gives each its own masks, and the generator advances alike."""
+    x = torch.ones(64, 33, requires_grad=True)
+    masks, states = [], []
+    for stream in (0, 1, 2):
+        module = set_dropout_stream(torch.nn.Sequential(Dropout(0.5)), stream)
+        torch.manual_seed(0)
+        y = module(x)
+        y.backward(torch.ones_like(y))
+        states.append(torch.get_rng_state())
+        masks.append(y != 0)
+        assert torch.equal(x.grad != 0, masks[-1])   # the backward recomputes this stream's mask
+        x.grad = None
+    assert all(torch.equal(s, states[0]) for s in states)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    torch.manual_seed(0)
+    assert torch.equal(mmattn.dropout(x, 0.5) != 0, masks[0])   # stream 0: the plain draw
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

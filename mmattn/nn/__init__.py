@@ -11,7 +11,7 @@ from mmattn.nn._ops import IMPLS, check_impl
 from mmattn.nn.attention import (AudioSelfAttention, RSMultiModalAttention, TokenSelfAttention,
                                  VideoSelfAttention)
 from mmattn.nn.conv import AudioConv, VideoConv
-from mmattn.nn.dropout import Dropout
+from mmattn.nn.dropout import Dropout, set_dropout_stream
 from mmattn.nn.init import zero_module
 from mmattn.nn.norm import GroupNormAct
 from mmattn.nn.precision import cast_weights
@@ -24,5 +24,5 @@ __all__ = [
     "IMPLS", "check_impl", "Dropout", "GroupNormAct", "VideoConv", "AudioConv", "Downsample", "Upsample",
     "NormActConv", "VideoResBlock", "AudioResBlock", "MMResBlock", "TokenSelfAttention",
     "VideoSelfAttention", "AudioSelfAttention", "RSMultiModalAttention", "CoupledSequential",
-    "zero_module", "set_recompute", "cast_weights",
+    "zero_module", "set_recompute", "cast_weights", "set_dropout_stream",
 ]

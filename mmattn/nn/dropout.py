@@ -12,15 +12,18 @@ class Dropout(nn.Dropout):
     """`nn.Dropout` whose training path with `impl="fused"` on CPU and CUDA is `mmattn.dropout`:
     the mask is regenerated from a seed in the backward instead of being saved (on CUDA torch's
     dropout saves a byte per element). Other devices, `impl="reference"` and code under
-    `torch.compile` (which fuses torch's dropout itself) use torch's dropout. Any shape."""
+    `torch.compile` (which fuses torch's dropout itself) use torch's dropout. Any shape.
+    `stream` (default 0; `set_dropout_stream`) selects the masks for one draw of the generator:
+    data-parallel ranks whose generators agree use their rank to drop different elements."""
 
     def __init__(self, p: float = 0.5, *, impl: str = "fused"):
         super().__init__(p)
         self.impl = check_impl(impl)
+        self.stream = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._seeded(x):
-            return mmattn.dropout(x, self.p)
+            return mmattn.dropout(x, self.p, stream=self.stream)
         return super().forward(x)
 
     def _seeded(self, x: torch.Tensor) -> bool:
@@ -37,3 +40,11 @@ class Dropout(nn.Dropout):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, impl={self.impl!r}"
+
+
+def set_dropout_stream(module: nn.Module, stream: int) -> nn.Module:
+    """Set `stream` on every `Dropout` in `module` (e.g. to the data-parallel rank); returns it."""
+    for m in module.modules():
+        if isinstance(m, Dropout):
+            m.stream = stream
+    return module

@@ -8,8 +8,8 @@ Reproducibility. Every random draw of a step is a function of the run's seed and
   `(seed, s, j)`, so they do not depend on how the batch is split over ranks;
 * draws inside the model (RS-MMA shifts, dropout) use torch's global generators, seeded identically
   on every rank and saved in checkpoints (rank 0's: the ranks' states are equal). So all ranks
-  draw the same shifts, as one process would for the whole batch, and with dropout the j-th
-  sample of every rank gets the same masks.
+  draw the same shifts, as one process would for the whole batch; the fused dropout mixes the
+  rank into its drawn seeds (`mmattn.nn.set_dropout_stream`), so ranks drop different elements.
 
 A checkpoint holds the U-Net, EMA, optimiser, step, data position and all global RNG states, so a
 run killed at any point and restarted continues bit-identically (on CPU; CUDA kernels may be
@@ -32,6 +32,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
+
+from mmattn.nn import set_dropout_stream
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..ema import EMA
@@ -111,6 +113,7 @@ class Trainer:
         # fp16 gradients underflow unless the loss is scaled; a step whose gradients overflow is skipped
         self.scaler = torch.amp.GradScaler(self.device.type) if weight_dtype == torch.float16 else None
         trained = self.model if self.master is None else self.master.work
+        set_dropout_stream(trained, self.ctx.rank)  # one generator state on all ranks, masks of their own
         self.train_model: nn.Module = (DistributedDataParallel(trained, device_ids=[self.device]
                                                                if self.device.type == "cuda" else None)
                                        if self.ctx.distributed else trained)
