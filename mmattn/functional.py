@@ -222,6 +222,16 @@ def _dropout_fake(x, p, seed):
     return torch.empty_like(x)
 
 
+def draw_seed(stream: int = 0) -> int:
+    """A dropout seed (int64) drawn from torch's default CPU generator, with `stream` mixed in:
+    one generator state gives each stream its own seed (XOR with an odd multiple of `stream`)."""
+    seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64).item())
+    if stream:
+        seed = (seed ^ (stream * 0x9E3779B97F4A7C15)) % 2**64
+        seed -= 2**64 if seed >= 2**63 else 0
+    return seed
+
+
 def dropout(x: torch.Tensor, p: float, *, seed: int | None = None, stream: int = 0) -> torch.Tensor:
     """Dropout (CPU and CUDA): zero each element with probability `p`, scale the rest by
     `1 / (1 - p)`.
@@ -247,10 +257,7 @@ def dropout(x: torch.Tensor, p: float, *, seed: int | None = None, stream: int =
     if p == 1.0:
         return x * 0.0
     if seed is None:
-        seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64).item())
-        if stream:  # a bijection of the seed per stream (odd multiplier mod 2^64, as signed int64)
-            seed = (seed ^ (stream * 0x9E3779B97F4A7C15)) % 2**64
-            seed -= 2**64 if seed >= 2**63 else 0
+        seed = draw_seed(stream)
     return _ops.dropout(x, float(p), int(seed))
 
 

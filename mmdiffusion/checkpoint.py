@@ -103,8 +103,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device | str | None = Non
     torch.set_rng_state(state["torch"])
     device = None if device is None else torch.device(device)
     cuda = state["cuda"]
-    if isinstance(cuda, list):  # checkpoints before 2026-11-27: one state per visible device
-        cuda = cuda[device.index or 0] if device is not None and len(cuda) > (device.index or 0) else None
+    if isinstance(cuda, list):  # checkpoints before 2026-11-27: rank 0's view of every device
+        cuda = cuda[0] if cuda else None  # the one rank 0 drew from (the ranks' states agree)
     if cuda is not None and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda, device)
     numpy = state["numpy"]

@@ -95,8 +95,8 @@ class TrainedModel:
         sampler = sampler or self.config.sampler
         if steps is None and sampler == self.config.sampler:
             steps = self.config.sample_steps
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)  # the RS-MMA shifts come from torch's global generator
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # the RS-MMA shifts come from the CPU generator
             out_video, out_audio = sample(
                 self.model, self.diffusion, video_shape, audio_shape, sampler=sampler, steps=steps,
                 generator=torch.Generator(device).manual_seed(seed), condition=condition, progress=progress,

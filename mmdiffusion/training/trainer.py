@@ -8,8 +8,8 @@ Reproducibility. Every random draw of a step is a function of the run's seed and
   `(seed, s, j)`, so they do not depend on how the batch is split over ranks;
 * draws inside the model (RS-MMA shifts, dropout) use torch's global generators, seeded identically
   on every rank and saved in checkpoints (rank 0's: the ranks' states are equal). So all ranks
-  draw the same shifts, as one process would for the whole batch; the fused dropout mixes the
-  rank into its drawn seeds (`mmattn.nn.set_dropout_stream`), so ranks drop different elements.
+  draw the same shifts, as one process would for the whole batch; dropout mixes the rank into
+  its drawn seeds (`mmattn.nn.set_dropout_stream`), so ranks drop different elements.
 
 A checkpoint holds the U-Net, EMA, optimiser, step, data position and all global RNG states, so a
 run killed at any point and restarted continues bit-identically (on CPU; CUDA kernels may be
@@ -221,14 +221,15 @@ class Trainer:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         if self.master is not None:
             self.master.grads_to_master()
+        skipped = False  # with loss scaling, overflowing gradients skip the update (and lower the scale)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+            # what scaler.step will decide (torch keeps it per optimizer; no public accessor)
+            skipped = any(bool(found) for found in self.scaler._found_inf_per_device(self.optimizer).values())
         clip = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
         stats = all_reduce_mean(torch.stack([loss.detach(), parts["video"].detach(), parts["audio"].detach()]).float())
         values = dict(zip(("loss", "loss_video", "loss_audio"), stats.tolist()), grad_norm=float(grad_norm), lr=lr)
-        # with loss scaling, overflowing gradients only skip the update (the scaler then lowers the scale)
-        skipped = self.scaler is not None and not math.isfinite(values["grad_norm"])
         if self.scaler is not None:
             values.update(loss_scale=self.scaler.get_scale(), skipped=float(skipped))
         if not all(math.isfinite(v) for k, v in values.items() if k != "grad_norm" or not skipped):
