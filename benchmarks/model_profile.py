@@ -2,19 +2,23 @@
 
     python -m benchmarks.model_profile [--device cpu|cuda] [--batch N] [--variants fused:fp16w,...]
                                        [--preset paper-64] [--rows 30] [--published PATH]
-                                       [--count-ops]
+                                       [--count-ops [--gpu-paths]]
 
 Variants are those of `benchmarks.model` (`impl:precision[:recompute|keep]`, `published:fp16`).
 For each, one warm-up step, then one profiled step; prints the operators sorted by their own
 time on the device (CUDA kernels on GPU, CPU time on CPU), with their share of the step.
 `--count-ops` instead counts the operators the step dispatches, per phase: the host's work per
-step, which bounds a GPU step at small batches and can be counted without a GPU.
+step, which bounds a GPU step at small batches and can be counted without a GPU. With
+`--gpu-paths` (on CPU) the blocks take the code paths they take on a GPU where those differ
+(`gpu_paths`): the count is then the GPU step's, up to the kernels' own internals.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -22,6 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.common import device_name, sync
 from benchmarks.model import build_variants, make_inputs, step_functions
+import mmattn.nn.conv
+import mmattn.nn.recompute
 from mmdiffusion.unet import UNetConfig
 
 
@@ -51,6 +57,16 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextlib.contextmanager
+def gpu_paths():
+    """Inside, CPU tensors take the blocks' GPU code paths where the two differ: the attention
+    blocks recompute q/k/v (`recomputes_projections`), and the temporal convolution's weight
+    gradient is torch's (`temporal_conv` on CPU has its own)."""
+    with (mock.patch.object(mmattn.nn.recompute, "recomputes_projections", lambda device: True),
+          mock.patch.object(mmattn.nn.conv, "temporal_conv", mmattn.nn.conv._conv_over_frames)):
+        yield
+
+
 def count_ops(step, rows: int) -> str:
     """The operators one call of `step` dispatches: totals per phase and the most frequent."""
     step()
@@ -73,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=30, help="operators shown per variant")
     parser.add_argument("--published", type=Path, help="a checkout of researchmm/MM-Diffusion")
     parser.add_argument("--count-ops", action="store_true", help="count dispatched operators instead of profiling")
+    parser.add_argument("--gpu-paths", action="store_true", help="with --count-ops on CPU: count the GPU's code paths")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batch = args.batch or (4 if device.type == "cuda" else 1)
@@ -83,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant, model in models.items():
         step = step_functions(model, video, audio, timesteps)["forward+backward"]
         print(f"\n## {variant}: {args.preset} forward+backward, batch {batch}, {device_name(device)}\n")
-        print(count_ops(step, args.rows) if args.count_ops else profile_step(step, device, args.rows))
+        with gpu_paths() if args.gpu_paths else contextlib.nullcontext():
+            print(count_ops(step, args.rows) if args.count_ops else profile_step(step, device, args.rows))
     return 0
 
 

@@ -1,6 +1,7 @@
 """benchmarks.model (tiny preset) and the published-model baseline loader."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -92,6 +93,24 @@ def test_count_ops_counts_each_phase():
     assert "forward   mmattn.group_norm_act_fwd" in keep
     assert "backward  mmattn.group_norm_act_fwd" not in keep       # kept: no norm in the backward
     assert "backward  mmattn.group_norm_act_fwd" in recompute      # recomputed there
+
+
+def test_gpu_paths_count_the_gpu_steps_ops_on_cpu():
+    """`--gpu-paths`: q/k/v recomputed in the backward and torch's temporal weight gradient, as on a
+    GPU (more addmm in the backward, none of the CPU weight gradient's per-tap products); undone after."""
+    from benchmarks.model_profile import CountOps, gpu_paths
+    from mmattn.nn import recompute
+    cfg = UNetConfig.preset("tiny")
+    model = model_bench.build_variants(cfg, ["fused:fp32:recompute"], torch.device("cpu"))["fused:fp32:recompute"]
+    step = model_bench.step_functions(model, *model_bench.make_inputs(cfg, 1, torch.device("cpu")))["forward+backward"]
+    counts = {}
+    for name, paths in (("cpu", contextlib.nullcontext()), ("gpu", gpu_paths())):
+        with paths, CountOps() as counter:
+            step()
+        counts[name] = counter.counts
+    assert counts["gpu"]["backward", "aten.addmm"] > counts["cpu"]["backward", "aten.addmm"]
+    assert counts["gpu"]["backward", "aten.select"] < counts["cpu"]["backward", "aten.select"]
+    assert recompute.recomputes_projections(torch.device("cpu")) is False
 
 
 def test_measure_alternates_the_order_of_the_runs():
