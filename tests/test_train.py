@@ -361,3 +361,28 @@ def test_fp16_weights_skip_overflowing_steps_and_checkpoint_the_loss_scale(tmp_p
     window = [{"loss": 1.0, "grad_norm": math.nan, "skipped": 1.0}, {"loss": 3.0, "grad_norm": 2.0, "skipped": 0.0}]
     assert _window_means(window) == {"loss": 2.0, "grad_norm": 2.0, "skipped": 0.5}
     assert _window_means(window[:1])["grad_norm"] is None
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(tmp_path):
+    """A preempted run (SIGTERM) finishes its step, logs it, writes a checkpoint of it and exits
+    with 128 + 15; the same command resumes and ends as an uninterrupted run does."""
+    settings = ("steps=12", "ckpt_every=100", "batch_size=2")   # no periodic checkpoint before the end
+    reference = _train_cli(tmp_path / "reference", *settings)
+    stopped = _train_cli(tmp_path / "stopped", *settings)
+    log = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert stopped.poll() is None and time.monotonic() < deadline, stopped.communicate()[0]
+        time.sleep(0.01)
+    stopped.send_signal(signal.SIGTERM)
+    out = stopped.communicate()[0]
+    assert stopped.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in out, out
+    at = load_checkpoint(latest_checkpoint(tmp_path / "stopped" / "checkpoints"))["step"]
+    assert 2 <= at < 12 and json.loads(log.read_text().splitlines()[-1])["step"] == at
+    resumed = _train_cli(tmp_path / "stopped", *settings)
+    assert resumed.wait() == 0 and reference.wait() == 0, resumed.communicate()[0]
+    a, b = _final_state(tmp_path / "reference"), _final_state(tmp_path / "stopped")
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 13))

@@ -9,6 +9,7 @@ Re-running with the same `--out` resumes from its newest checkpoint. Multi-GPU /
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from ..training.config import PRESETS, apply_overrides, load_config, parse_override
@@ -46,8 +47,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"train: {start}; {config.steps} steps, global batch {config.batch_size}, "
                   f"{trainer.ctx.world_size} process(es) on {trainer.device}; run folder {out}")
         final = trainer.fit()
-        if trainer.ctx.is_main:
+        if trainer.ctx.is_main and trainer.stopped_by is not None:
+            print(f"train: stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step}; "
+                  f"checkpoint {final}; the same command resumes")
+        elif trainer.ctx.is_main:
             print(f"train: done at step {trainer.step}; checkpoint {final}; metrics {out / 'metrics.jsonl'}")
     finally:
         shutdown_distributed()
-    return 0
+    return 0 if trainer.stopped_by is None else 128 + trainer.stopped_by  # the shell's code for the signal

@@ -18,9 +18,12 @@ dropout off the result matches one process with the same global batch up to floa
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +49,8 @@ from .model import Patched, build_model
 __all__ = ["Trainer", "NonFiniteLossError", "CHECKPOINT_FORMAT", "learning_rate"]
 
 CHECKPOINT_FORMAT = "mmdiffusion-train/1"
+# Signals that stop a run after its current step, with a checkpoint (a second SIGINT: at once).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # precisions that train 16-bit weights with float32 master weights (fp16 with loss scaling)
 WEIGHT_DTYPES = {"bf16-weights": torch.bfloat16, "fp16-weights": torch.float16}
 # Config sections that must match to resume a run (the rest, e.g. steps or lr, may change).
@@ -123,6 +128,8 @@ class Trainer:
         self.ema = EMA(self.net, kind=config.ema.kind, rates=config.ema.rates)
         self.step = 0
         self.position = (0, 0)
+        self.stopped_by: int | None = None  # the signal that stopped `fit` early, if one did
+        self._signal: int | None = None     # a stop signal this process received during `fit`
         self.resumed_from: Path | None = None
         if latest is not None:
             self._resume(latest)
@@ -252,35 +259,72 @@ class Trainer:
         return values
 
     def fit(self) -> Path | None:
-        """Train until `config.steps`; returns the final checkpoint's path (None on ranks > 0)."""
+        """Train until `config.steps`; returns the final checkpoint's path (None on ranks > 0).
+
+        SIGINT or SIGTERM (a preempted job) stops the run after the current step: every rank stops
+        at the same step, a checkpoint is written and `stopped_by` names the signal; the same
+        command resumes. A second SIGINT interrupts at once (the last checkpoint stays)."""
         cfg = self.config
         log = (self.out / "metrics.jsonl").open("a") if self.ctx.is_main else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         window: list[dict[str, float]] = []
         tick = time.perf_counter()
         try:
-            while self.step < cfg.steps:
-                epoch, index = self.position
-                for video, audio in self.plan.loader(self.dataset, epoch, index, workers=cfg.data.workers):
-                    window.append(self.train_step(video, audio))
-                    index += 1
-                    self.position = (epoch, index) if index < self.plan.batches_per_epoch else (epoch + 1, 0)
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        now = time.perf_counter()
-                        entry = {"step": self.step, **_window_means(window),
-                                 "samples_per_s": len(window) * cfg.batch_size / (now - tick)}
-                        window, tick = [], now
-                        bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                        if log is not None:
-                            log.write(json.dumps(entry) + "\n")
-                            log.flush()
-                    if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                        self.save()
-                    if self.step >= cfg.steps:
-                        break
+            with self._stop_on_signals():
+                while self.step < cfg.steps and self.stopped_by is None:
+                    epoch, index = self.position
+                    for video, audio in self.plan.loader(self.dataset, epoch, index, workers=cfg.data.workers):
+                        window.append(self.train_step(video, audio))
+                        index += 1
+                        self.position = (epoch, index) if index < self.plan.batches_per_epoch else (epoch + 1, 0)
+                        bar.update(1)
+                        stop = self._stop_requested()
+                        if self.step % cfg.log_every == 0 or self.step == cfg.steps or stop:
+                            now = time.perf_counter()
+                            entry = {"step": self.step, **_window_means(window),
+                                     "samples_per_s": len(window) * cfg.batch_size / (now - tick)}
+                            window, tick = [], now
+                            bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                            if log is not None:
+                                log.write(json.dumps(entry) + "\n")
+                                log.flush()
+                        if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or stop:
+                            self.save()
+                        if stop:
+                            self.stopped_by = self._signal or signal.SIGTERM  # another rank's signal
+                        if self.step >= cfg.steps or stop:
+                            break
         finally:
             bar.close()
             if log is not None:
                 log.close()
         return latest_checkpoint(self.ckpt_dir) if self.ctx.is_main else None
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """Inside, `STOP_SIGNALS` request a stop instead of ending the process (main thread only:
+        Python delivers signals there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # asked twice: stop now
+            self._signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got a stop signal (one small all-reduce per step under DDP)."""
+        stop = self._signal is not None
+        if self.ctx.distributed:
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
