@@ -137,9 +137,10 @@ RECOMPUTE = {"recompute": True, "keep": False}
 def build_variants(config: UNetConfig, variants: list[str], device: torch.device,
                    published: Path | None = None) -> dict[str, torch.nn.Module]:
     """One model per `impl:precision[:recompute|keep]` variant, all with the weights of the
-    first of ours (then cast for 16-bit weights). The optional last field forces the blocks' recomputation on or off
-    (default: values of 8 MiB or more; `mmattn.nn.recompute`). `published:fp32|fp16`
-    is the published model built from the checkout at `published` (its own random weights)."""
+    first of ours (then cast for 16-bit weights). The optional last field forces the blocks'
+    recomputation on or off (default: values of 8 MiB or more; `mmattn.nn.recompute`).
+    `published:fp32|fp16` is the published model built from the checkout at `published` (its
+    own random weights)."""
     models: dict[str, torch.nn.Module] = {}
     weights: dict[str, torch.Tensor] | None = None  # the first of ours', before any cast
     for variant in variants:

@@ -80,15 +80,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
+def _cuda_device(device: torch.device | str | None) -> torch.device | None:
+    """`device` if it is a CUDA device, else None."""
+    device = None if device is None else torch.device(device)
+    return device if device is not None and device.type == "cuda" else None
+
+
 def rng_state(device: torch.device | str | None = None) -> dict[str, Any]:
     """States of every global generator a training step may draw from: torch CPU, torch CUDA (the
     generator of `device` if it is a CUDA device: the one this process trains on), numpy's legacy
     global generator and Python's `random`."""
     np_state = np.random.get_state(legacy=False)
-    device = None if device is None else torch.device(device)
+    cuda = _cuda_device(device)
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
+        "cuda": None if cuda is None else torch.cuda.get_rng_state(cuda),
         "numpy": {"bit_generator": np_state["bit_generator"],
                   "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                   "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
@@ -101,12 +107,11 @@ def set_rng_state(state: dict[str, Any], device: torch.device | str | None = Non
     """Restore generator states captured by `rng_state`; the saved CUDA state goes to `device`'s
     generator (if it is a CUDA device; the state may come from another device or machine)."""
     torch.set_rng_state(state["torch"])
-    device = None if device is None else torch.device(device)
-    cuda = state["cuda"]
-    if isinstance(cuda, list):  # checkpoints before 2026-11-27: rank 0's view of every device
-        cuda = cuda[0] if cuda else None  # the one rank 0 drew from (the ranks' states agree)
-    if cuda is not None and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
+    cuda_state, cuda = state["cuda"], _cuda_device(device)
+    if isinstance(cuda_state, list):  # checkpoints before 2026-11-27: rank 0's view of every device
+        cuda_state = cuda_state[0] if cuda_state else None  # the one rank 0 drew from (the ranks' agree)
+    if cuda_state is not None and cuda is not None:
+        torch.cuda.set_rng_state(cuda_state, cuda)
     numpy = state["numpy"]
     np.random.set_state({"bit_generator": numpy["bit_generator"],
                          "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},

@@ -18,7 +18,10 @@ from ..unet import CoupledUNet, UNetConfig
 from .config import TrainConfig
 
 __all__ = ["fold_video", "unfold_video", "fold_audio", "unfold_audio", "Patched", "unet_config",
-           "build_model", "resolve_precision"]
+           "build_model", "resolve_precision", "WEIGHT_DTYPES"]
+
+# precisions that train 16-bit weights with float32 master weights (fp16 with loss scaling)
+WEIGHT_DTYPES = {"bf16-weights": torch.bfloat16, "fp16-weights": torch.float16}
 
 
 def fold_video(video: torch.Tensor, patch: int) -> torch.Tensor:

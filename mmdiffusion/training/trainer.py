@@ -44,15 +44,13 @@ from .config import TrainConfig
 from .data import BatchPlan, audio_scale, build_dataset, derived_seed
 from .distributed import DistContext, all_reduce_mean, init_distributed
 from .master import MasterWeights
-from .model import Patched, build_model
+from .model import WEIGHT_DTYPES, Patched, build_model
 
 __all__ = ["Trainer", "NonFiniteLossError", "CHECKPOINT_FORMAT", "learning_rate"]
 
 CHECKPOINT_FORMAT = "mmdiffusion-train/1"
 # Signals that stop a run after its current step, with a checkpoint (a second SIGINT: at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# precisions that train 16-bit weights with float32 master weights (fp16 with loss scaling)
-WEIGHT_DTYPES = {"bf16-weights": torch.bfloat16, "fp16-weights": torch.float16}
 # Config sections that must match to resume a run (the rest, e.g. steps or lr, may change).
 RESUME_KEYS = ("data", "model", "diffusion", "ema", "batch_size", "seed")
 
